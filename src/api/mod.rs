@@ -1,0 +1,336 @@
+//! The gRPC layer: tonic services over the ledger. The only place that converts service
+//! messages to and from domain types, and the one place a `Refusal` becomes a `Status`.
+
+use crate::crypto::KeyId;
+use crate::ledger::{Code, Ledger, Receipt, Refusal, Submission};
+use crate::pb::{self, ledger_server::LedgerServer};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest gRPC message accepted (a batch of records).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Most records in one `SubmitBatch`.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Maps a ledger refusal to a gRPC status (the single mapping point).
+pub fn status(r: Refusal) -> Status {
+    let code = match r.code {
+        Code::InvalidArgument => tonic::Code::InvalidArgument,
+        Code::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Code::PermissionDenied => tonic::Code::PermissionDenied,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::OutOfRange => tonic::Code::OutOfRange,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::DataLoss => tonic::Code::DataLoss,
+        Code::Unavailable => tonic::Code::Unavailable,
+        Code::Internal => tonic::Code::Internal,
+    };
+    Status::new(code, r.message)
+}
+
+fn receipt_pb(r: Receipt) -> pb::Receipt {
+    pb::Receipt {
+        index: r.index,
+        leaf_hash: r.leaf_hash.to_vec(),
+        integrated_time_ms: r.integrated_time_ms,
+        prev_leaf_hash: r.prev_leaf_hash.to_vec(),
+        checkpoint: r.checkpoint,
+        tree_size: r.tree_size,
+        inclusion_proof: r.inclusion_proof.iter().map(|h| h.to_vec()).collect(),
+        duplicate: r.duplicate,
+    }
+}
+
+fn submission(r: Option<pb::SignedRecord>) -> Result<Submission, Refusal> {
+    let r = r.ok_or_else(|| Refusal::invalid("record: is required".into()))?;
+    Ok(Submission {
+        body: r.body,
+        signature: r.signature,
+        cosignatures: r.cosignatures.into_iter().map(|c| (c.key_id, c.signature)).collect(),
+    })
+}
+
+fn result_pb(r: Result<Receipt, Refusal>) -> pb::SubmitResult {
+    pb::SubmitResult {
+        result: Some(match r {
+            Ok(r) => pb::submit_result::Result::Receipt(receipt_pb(r)),
+            Err(e) => {
+                let s = status(e);
+                pb::submit_result::Result::Refusal(pb::Refusal { code: s.code() as i32, message: s.message().to_string() })
+            }
+        }),
+    }
+}
+
+fn entry_pb(index: u64, leaf: Vec<u8>, hash: [u8; 32]) -> pb::Entry {
+    pb::Entry { index, leaf, leaf_hash: hash.to_vec() }
+}
+
+/// The `taizhang.v1.Ledger` service.
+#[derive(Clone)]
+pub struct LedgerService {
+    ledger: Ledger,
+}
+
+impl LedgerService {
+    pub fn new(ledger: Ledger) -> Self {
+        LedgerService { ledger }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerService {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Receipt>, Status> {
+        let s = submission(req.into_inner().record).map_err(status)?;
+        let r = self.ledger.submit(s).await.map_err(status)?;
+        Ok(Response::new(receipt_pb(r)))
+    }
+
+    async fn submit_batch(&self, req: Request<pb::SubmitBatchRequest>) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let records = req.into_inner().records;
+        if records.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("records: {} exceeds the batch limit of {MAX_BATCH}", records.len())));
+        }
+        let subs: Vec<Submission> = records
+            .into_iter()
+            .map(|r| submission(Some(r)))
+            .collect::<Result<_, _>>()
+            .map_err(status)?;
+        let results = self.ledger.submit_many(subs).await;
+        Ok(Response::new(pb::SubmitBatchResponse { results: results.into_iter().map(result_pb).collect() }))
+    }
+
+    type SubmitStreamStream = BoxStream<pb::SubmitResult>;
+
+    async fn submit_stream(&self, req: Request<Streaming<pb::SubmitRequest>>) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let mut input = req.into_inner();
+        let ledger = self.ledger.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SubmitResult, Status>>(1024);
+        tokio::spawn(async move {
+            // Take whatever has arrived (up to a chunk), submit it as one job, keep order.
+            let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Vec<Result<Receipt, Refusal>>>>(64);
+            let out = tx.clone();
+            let sender = tokio::spawn(async move {
+                while let Some(h) = jobs_rx.recv().await {
+                    let results = h.await.unwrap_or_default();
+                    for r in results {
+                        if out.send(Ok(result_pb(r))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            let mut buf = Vec::new();
+            loop {
+                let first = match input.next().await {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                    None => break,
+                };
+                buf.push(first);
+                // Drain what is already buffered without waiting.
+                while buf.len() < 1024 {
+                    match futures_now(&mut input) {
+                        Some(Some(Ok(m))) => buf.push(m),
+                        _ => break,
+                    }
+                }
+                let subs: Vec<Result<Submission, Refusal>> = buf.drain(..).map(|m| submission(m.record)).collect();
+                let l = ledger.clone();
+                let h = tokio::spawn(async move {
+                    let (ok, errs): (Vec<_>, Vec<_>) = subs.into_iter().enumerate().partition(|(_, s)| s.is_ok());
+                    let l2 = l.clone();
+                    let oks: Vec<Submission> = ok.into_iter().filter_map(|(_, s)| s.ok()).collect();
+                    let idx_ok: Vec<usize> = Vec::new();
+                    drop(idx_ok);
+                    let prepared = tokio::task::spawn_blocking(move || l2.prepare_parallel(oks)).await.unwrap_or_default();
+                    let mut results = l.submit_prepared(prepared).await.into_iter();
+                    let total = results.len() + errs.len();
+                    let mut errs = errs.into_iter().peekable();
+                    let mut out = Vec::with_capacity(total);
+                    for i in 0..total {
+                        if errs.peek().is_some_and(|(j, _)| *j == i) {
+                            let (_, e) = errs.next().unwrap_or((i, Err(Refusal::internal("order".into()))));
+                            out.push(Err(e.err().unwrap_or_else(|| Refusal::internal("order".into()))));
+                        } else {
+                            out.push(results.next().unwrap_or_else(|| Err(Refusal::internal("missing result".into()))));
+                        }
+                    }
+                    out
+                });
+                if jobs_tx.send(h).await.is_err() {
+                    break;
+                }
+            }
+            drop(jobs_tx);
+            let _ = sender.await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_entry(&self, req: Request<pb::GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+        let index = req.into_inner().index;
+        let (leaf, hash) = self.ledger.entry(index).map_err(status)?;
+        Ok(Response::new(entry_pb(index, leaf, hash)))
+    }
+
+    async fn get_checkpoint(&self, _req: Request<pb::GetCheckpointRequest>) -> Result<Response<pb::Checkpoint>, Status> {
+        let (note, size, root) = self.ledger.checkpoint().map_err(status)?;
+        Ok(Response::new(pb::Checkpoint {
+            note,
+            size,
+            root: root.to_vec(),
+            origin: self.ledger.origin().to_string(),
+            ledger_public_key: self.ledger.ledger_public_key().to_bytes().to_vec(),
+        }))
+    }
+
+    async fn get_inclusion_proof(&self, req: Request<pb::GetInclusionProofRequest>) -> Result<Response<pb::InclusionProof>, Status> {
+        let r = req.into_inner();
+        let (size, leaf, proof) = self.ledger.inclusion_proof(r.index, r.tree_size).map_err(status)?;
+        Ok(Response::new(pb::InclusionProof {
+            index: r.index,
+            tree_size: size,
+            leaf_hash: leaf.to_vec(),
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(&self, req: Request<pb::GetConsistencyProofRequest>) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let r = req.into_inner();
+        let (to, proof) = self.ledger.consistency_proof(r.from_size, r.to_size).map_err(status)?;
+        Ok(Response::new(pb::ConsistencyProof { from_size: r.from_size, to_size: to, hashes: proof.iter().map(|h| h.to_vec()).collect() }))
+    }
+
+    async fn get_signer_head(&self, req: Request<pb::GetSignerHeadRequest>) -> Result<Response<pb::SignerHead>, Status> {
+        let id = KeyId::from_slice("key_id", &req.into_inner().key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let h = self.ledger.signer_head(&id).map_err(status)?;
+        Ok(Response::new(pb::SignerHead {
+            key_id: id.0.to_vec(),
+            next_seq: h.next_seq,
+            prev_body_hash: h.prev_body_hash.to_vec(),
+            last_index: h.last_index,
+        }))
+    }
+
+    async fn get_equivocations(&self, req: Request<pb::GetEquivocationsRequest>) -> Result<Response<pb::GetEquivocationsResponse>, Status> {
+        let id = KeyId::from_slice("key_id", &req.into_inner().key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let list = self.ledger.equivocations(&id).map_err(status)?;
+        Ok(Response::new(pb::GetEquivocationsResponse {
+            equivocations: list
+                .into_iter()
+                .map(|e| pb::Equivocation {
+                    key_id: e.key_id.0.to_vec(),
+                    signer_seq: e.signer_seq,
+                    entry_index: e.entry_index,
+                    conflicting: Some(pb::SignedRecord {
+                        body: e.conflicting.body,
+                        signature: e.conflicting.signature,
+                        cosignatures: e.conflicting.cosignatures.into_iter().map(|(k, s)| pb::Cosignature { key_id: k, signature: s }).collect(),
+                    }),
+                    observed_ms: e.observed_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    type ExportEntriesStream = BoxStream<pb::Entry>;
+
+    async fn export_entries(&self, req: Request<pb::ExportEntriesRequest>) -> Result<Response<Self::ExportEntriesStream>, Status> {
+        let r = req.into_inner();
+        let (_, size, _) = self.ledger.checkpoint().map_err(status)?;
+        let to = if r.to == 0 { size } else { r.to.min(self.ledger.size()) };
+        if r.from > to {
+            return Err(Status::out_of_range(format!("from: {} is beyond to {to}", r.from)));
+        }
+        let ledger = self.ledger.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::task::spawn_blocking(move || {
+            for i in r.from..to {
+                let item = ledger.entry(i).map(|(l, h)| entry_pb(i, l, h)).map_err(status);
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type WatchEntriesStream = BoxStream<pb::Entry>;
+
+    async fn watch_entries(&self, req: Request<pb::WatchEntriesRequest>) -> Result<Response<Self::WatchEntriesStream>, Status> {
+        let mut next = req.into_inner().from;
+        let ledger = self.ledger.clone();
+        let mut size_rx = ledger.subscribe_size();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let size = *size_rx.borrow_and_update();
+                while next < size {
+                    let item = ledger.entry(next).map(|(l, h)| entry_pb(next, l, h)).map_err(status);
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                    next += 1;
+                }
+                if size_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Polls a stream once without waiting: `Some(item)` if one is ready.
+fn futures_now<S: Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match Pin::new(s).poll_next(&mut cx) {
+        std::task::Poll::Ready(x) => Some(x),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Serves the ledger, health and reflection on `listener` until `shutdown` resolves.
+pub async fn serve(
+    ledger: Ledger,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<LedgerServer<LedgerService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let svc = LedgerServer::new(LedgerService::new(ledger))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (port 0 picks one) and returns the listener and its address.
+pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

@@ -1,0 +1,1118 @@
+//! The ledger: ingest (validation, sequencing, group commit), the derived views, receipts,
+//! checkpoints and proofs.
+//!
+//! Flow of a record: [`Ledger::prepare`] (decode, size limits, origin, signature with the cached
+//! key — runs on the caller's thread, in parallel across callers) → the single writer thread
+//! (key role and validity, revocation, signer chain, payload rules, against the views plus the
+//! changes of the records before it in the same group) → one `write` + `fdatasync` of the group's
+//! frames → the group's view changes in one sled batch → a new signed checkpoint → receipts.
+//! A receipt is never sent before the fdatasync that makes its entry durable.
+
+pub mod error;
+pub mod rules;
+pub mod views;
+
+use crate::checkpoint::{sign_checkpoint, Checkpoint, NoteSigner};
+use crate::codec::{self, Cosig, Leaf, MAX_BODY_BYTES, MAX_COSIGNATURES};
+use crate::crypto::{self, KeyId};
+use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
+use crate::model::Catalogue;
+use crate::pb::{self, record_body::Payload};
+use crate::store::{Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore};
+pub use error::{Code, Refusal};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot, watch};
+use views::{key, EntryView, GenesisView, Head, KeyInfo, Views, META_GENESIS, META_POSITION};
+
+/// Most records committed in one group.
+pub const MAX_GROUP: usize = 4096;
+/// Default size at which a new segment file is started.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
+
+/// How to open a ledger.
+#[derive(Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Used only when the data dir is new: the origin and root regulators written in Genesis.
+    pub origin: String,
+    pub root_regulators: Vec<pb::AuthorityKey>,
+    pub ledger_key: SigningKey,
+    pub catalogue: Arc<Catalogue>,
+    pub max_segment_bytes: u64,
+}
+
+/// What a caller gets for an accepted record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub index: u64,
+    pub leaf_hash: Hash,
+    pub integrated_time_ms: u64,
+    pub prev_leaf_hash: Hash,
+    pub checkpoint: String,
+    pub tree_size: u64,
+    pub inclusion_proof: Vec<Hash>,
+    pub duplicate: bool,
+}
+
+/// A record taken apart and checked as far as is possible without the writer.
+pub struct Prepared {
+    body_bytes: Vec<u8>,
+    signature: [u8; 64],
+    cosignatures: Vec<Cosig>,
+    body: pb::RecordBody,
+    payload: Payload,
+    signer: KeyId,
+    /// Result of the signature check when the key was known at prepare time.
+    sig_checked: Option<Result<(), Refusal>>,
+}
+
+/// A signed record as received.
+pub struct Submission {
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// (key id, signature) pairs.
+    pub cosignatures: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Evidence that a key signed two different bodies at one seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equivocation {
+    pub key_id: KeyId,
+    pub signer_seq: u64,
+    pub entry_index: u64,
+    pub conflicting: Submission,
+    pub observed_ms: u64,
+}
+
+impl Clone for Submission {
+    fn clone(&self) -> Self {
+        Submission {
+            body: self.body.clone(),
+            signature: self.signature.clone(),
+            cosignatures: self.cosignatures.clone(),
+        }
+    }
+}
+impl PartialEq for Submission {
+    fn eq(&self, o: &Self) -> bool {
+        self.body == o.body && self.signature == o.signature && self.cosignatures == o.cosignatures
+    }
+}
+impl Eq for Submission {}
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Submission({} body bytes)", self.body.len())
+    }
+}
+
+type Reply = oneshot::Sender<Vec<Result<Receipt, Refusal>>>;
+
+struct Job {
+    items: Vec<Result<Prepared, Refusal>>,
+    reply: Reply,
+}
+
+/// What readers see: the tree, where entries live, the latest checkpoint.
+struct ReadState {
+    tree: MemoryTree<Blake3Hasher>,
+    locations: Vec<Location>,
+    checkpoint: String,
+    checkpoint_size: u64,
+    last_time_ms: u64,
+}
+
+struct Shared {
+    genesis: GenesisView,
+    ledger_vk: VerifyingKey,
+    note_signer: NoteSigner,
+    catalogue: Arc<Catalogue>,
+    views: Arc<dyn ViewStore + Sync>,
+    reader: SegmentReader,
+    read: RwLock<ReadState>,
+    key_cache: RwLock<HashMap<KeyId, VerifyingKey>>,
+    evidence_dir: PathBuf,
+    size_tx: watch::Sender<u64>,
+    poisoned: RwLock<Option<String>>,
+}
+
+/// A handle to an open ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Job>,
+}
+
+/// Counters reported by `open`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub entries: u64,
+    pub replayed: u64,
+    pub torn_bytes_cut: u64,
+    pub views_rebuilt: bool,
+    pub views_rebuild_reason: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The single writer's own state.
+struct Writer {
+    log: SegmentLog,
+    origin: String,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `cfg.data_dir` and starts its writer thread.
+    /// Must be called within a tokio runtime only for the returned handle's async methods.
+    pub fn open(cfg: Config) -> Result<(Ledger, OpenReport), Refusal> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| Refusal::unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+        let evidence_dir = cfg.data_dir.join("evidence");
+        std::fs::create_dir_all(&evidence_dir)
+            .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
+        let views_dir = cfg.data_dir.join("views");
+        let mut report = OpenReport::default();
+        let views: Arc<dyn ViewStore + Sync> = match SledViews::open(&views_dir) {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "view store refused to open; rebuilding it from the log");
+                report.views_rebuilt = true;
+                report.views_rebuild_reason = Some(format!("sled refused to open: {e}"));
+                let _ = std::fs::remove_dir_all(&views_dir);
+                Arc::new(SledViews::open(&views_dir).map_err(Refusal::from)?)
+            }
+        };
+        Self::open_with(cfg, views, report)
+    }
+
+    /// Opens with a given view store (tests use the in-memory one).
+    pub fn open_with(
+        cfg: Config,
+        views: Arc<dyn ViewStore + Sync>,
+        mut report: OpenReport,
+    ) -> Result<(Ledger, OpenReport), Refusal> {
+        let log_dir = cfg.data_dir.join("log");
+        // Where do the views stand?
+        let mut from: Position = match views.get(META_POSITION)? {
+            Some(b) => views::decode(META_POSITION, &b)?,
+            None => Position::START,
+        };
+        let mut tree = MemoryTree::<Blake3Hasher>::new();
+        let mut locations = Vec::new();
+        let mut last_time_ms = 0;
+        if from.entries > 0 {
+            let entries = views.scan_prefix(b"x/")?;
+            let consistent = entries.len() as u64 == from.entries
+                && entries.iter().enumerate().all(|(i, (k, _))| *k == key::entry(i as u64));
+            if consistent {
+                for (k, v) in &entries {
+                    let e: EntryView = views::decode(k, v)?;
+                    tree.push(e.leaf_hash);
+                    locations.push(e.location);
+                }
+                if tree.leaf(from.entries - 1) != Some(from.last_hash) {
+                    report.views_rebuild_reason = Some("entry index does not end at the recorded position".into());
+                }
+            } else {
+                report.views_rebuild_reason = Some(format!(
+                    "entry index holds {} entries, position says {}",
+                    entries.len(),
+                    from.entries
+                ));
+            }
+            if report.views_rebuild_reason.is_some() {
+                views.clear()?;
+                report.views_rebuilt = true;
+                from = Position::START;
+                tree = MemoryTree::new();
+                locations.clear();
+            }
+        }
+        // Scan the log from there, replaying each entry into the views.
+        let genesis_existing: Option<GenesisView> = match views.get(META_GENESIS)? {
+            Some(b) => Some(views::decode(META_GENESIS, &b)?),
+            None => None,
+        };
+        let mut replay = Replay {
+            views: views.as_ref(),
+            catalogue: cfg.catalogue.clone(),
+            genesis: genesis_existing,
+            pending: Views::new(views.as_ref()),
+            tree: &mut tree,
+            locations: &mut locations,
+            last_time_ms: &mut last_time_ms,
+            replayed: 0,
+        };
+        if from.entries > 0 {
+            // Last integrated time, for monotonic time.
+            *replay.last_time_ms = 0;
+        }
+        let (log, recovery) = SegmentLog::open(&log_dir, cfg.max_segment_bytes, from, |s| {
+            replay.entry(s.index, s.leaf, s.hash, s.location)
+        })
+        .map_err(Refusal::from)?;
+        replay.flush(&log.end())?;
+        report.replayed = replay.replayed;
+        let mut genesis = replay.genesis.take();
+        report.torn_bytes_cut = recovery.torn_bytes_cut;
+        if let Some(&last) = locations.last() {
+            let (bytes, _) = log.reader().read(last).map_err(Refusal::from)?;
+            last_time_ms = Leaf::decode(&bytes)
+                .map_err(|e| Refusal::new(Code::DataLoss, format!("last entry: {e}")))?
+                .integrated_time_ms;
+        }
+        let mut writer = Writer { log, origin: cfg.origin.clone() };
+        if tree.size() == 0 {
+            genesis = Some(write_genesis(&cfg, &mut writer, views.as_ref(), &mut tree, &mut locations, &mut last_time_ms)?);
+        }
+        let genesis = genesis.ok_or_else(|| Refusal::new(Code::DataLoss, "the log has entries but no genesis".into()))?;
+        if genesis.ledger_public_key != cfg.ledger_key.verifying_key().to_bytes() {
+            return Err(Refusal::precondition(format!(
+                "ledger key: this data dir belongs to ledger key {}, not {}",
+                genesis.ledger_key,
+                KeyId::of(&cfg.ledger_key.verifying_key())
+            )));
+        }
+        if genesis.catalogue_digest != cfg.catalogue.digest() {
+            return Err(Refusal::precondition(format!(
+                "catalogue: the ledger was created with catalogue {} ({}), this binary has {} ({})",
+                genesis.catalogue_version,
+                hex::encode(genesis.catalogue_digest),
+                cfg.catalogue.version(),
+                hex::encode(cfg.catalogue.digest())
+            )));
+        }
+        writer.origin = genesis.origin.clone();
+        let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
+            .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
+        let size = tree.size();
+        let checkpoint = sign_checkpoint(
+            &Checkpoint { origin: genesis.origin.clone(), size, root: tree.root(), extensions: vec![] },
+            &note_signer,
+        )
+        .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
+        report.entries = size;
+        let (size_tx, _) = watch::channel(size);
+        let shared = Arc::new(Shared {
+            ledger_vk: cfg.ledger_key.verifying_key(),
+            genesis,
+            note_signer,
+            catalogue: cfg.catalogue.clone(),
+            views,
+            reader: writer.log.reader(),
+            read: RwLock::new(ReadState { tree, locations, checkpoint, checkpoint_size: size, last_time_ms }),
+            key_cache: RwLock::new(HashMap::new()),
+            evidence_dir: cfg.data_dir.join("evidence"),
+            size_tx,
+            poisoned: RwLock::new(None),
+        });
+        let (tx, rx) = mpsc::channel::<Job>(MAX_GROUP * 4);
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("taizhang-writer".into())
+            .spawn(move || run_writer(s2, writer, rx))
+            .map_err(|e| Refusal::internal(format!("writer thread: {e}")))?;
+        Ok((Ledger { shared, tx }, report))
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.shared.genesis.origin
+    }
+
+    pub fn ledger_public_key(&self) -> VerifyingKey {
+        self.shared.ledger_vk
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.shared.catalogue
+    }
+
+    fn cached_key(&self, id: &KeyId) -> Option<VerifyingKey> {
+        if let Some(k) = self.shared.key_cache.read().ok()?.get(id) {
+            return Some(*k);
+        }
+        let info: KeyInfo = views::decode(b"k/", &self.shared.views.get(&key::key(id)).ok()??).ok()?;
+        let vk = VerifyingKey::from_bytes(&info.public_key).ok()?;
+        if let Ok(mut c) = self.shared.key_cache.write() {
+            c.insert(*id, vk);
+        }
+        Some(vk)
+    }
+
+    /// Decodes and checks what can be checked before the writer: sizes, encoding, origin, and the
+    /// signature when the key is already registered.
+    pub fn prepare(&self, s: Submission) -> Result<Prepared, Refusal> {
+        if s.body.len() > MAX_BODY_BYTES {
+            return Err(Refusal::invalid(format!(
+                "record.body: {} bytes exceeds the limit of {MAX_BODY_BYTES}",
+                s.body.len()
+            )));
+        }
+        let signature: [u8; 64] = s.signature.as_slice().try_into().map_err(|_| {
+            Refusal::invalid(format!("record.signature: expected 64 bytes, got {}", s.signature.len()))
+        })?;
+        if s.cosignatures.len() > MAX_COSIGNATURES {
+            return Err(Refusal::invalid(format!(
+                "record.cosignatures: {} exceeds the limit of {MAX_COSIGNATURES}",
+                s.cosignatures.len()
+            )));
+        }
+        let mut cosignatures = Vec::with_capacity(s.cosignatures.len());
+        for (i, (k, sig)) in s.cosignatures.iter().enumerate() {
+            let key_id = KeyId::from_slice("key_id", k)
+                .map_err(|e| Refusal::invalid(format!("record.cosignatures[{i}].{e}")))?;
+            let signature: [u8; 64] = sig.as_slice().try_into().map_err(|_| {
+                Refusal::invalid(format!("record.cosignatures[{i}].signature: expected 64 bytes, got {}", sig.len()))
+            })?;
+            if cosignatures.iter().any(|c: &Cosig| c.key_id == key_id) {
+                return Err(Refusal::invalid(format!("record.cosignatures[{i}].key_id: {key_id} cosigns twice")));
+            }
+            cosignatures.push(Cosig { key_id, signature });
+        }
+        let body = codec::decode_body(&s.body).map_err(|e| Refusal::invalid(format!("record.{e}")))?;
+        let payload = body
+            .payload
+            .clone()
+            .ok_or_else(|| Refusal::invalid("body.payload: a record must carry one payload".into()))?;
+        if body.ledger_origin != self.shared.genesis.origin {
+            return Err(Refusal::invalid(format!(
+                "body.ledger_origin: `{}` is not this ledger (`{}`)",
+                body.ledger_origin, self.shared.genesis.origin
+            )));
+        }
+        let signer = KeyId::from_slice("signer", &body.signer)
+            .map_err(|e| Refusal::invalid(format!("body.{e}")))?;
+        if body.signer_prev.len() != 32 {
+            return Err(Refusal::invalid(format!(
+                "body.signer_prev: expected 32 bytes, got {}",
+                body.signer_prev.len()
+            )));
+        }
+        let sig_checked = self.cached_key(&signer).map(|vk| {
+            crypto::verify_record(&vk, &s.body, &signature)
+                .map_err(|e| Refusal::unauthenticated(format!("record.{e} for key {signer}")))
+        });
+        Ok(Prepared { body_bytes: s.body, signature, cosignatures, body, payload, signer, sig_checked })
+    }
+
+    /// Submits prepared records (or refusals from preparing them) as one job; results come back
+    /// in order, each after its group is durable.
+    pub async fn submit_prepared(
+        &self,
+        items: Vec<Result<Prepared, Refusal>>,
+    ) -> Vec<Result<Receipt, Refusal>> {
+        let n = items.len();
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Job { items, reply }).await.is_err() {
+            return (0..n).map(|_| Err(Refusal::unavailable("ledger writer stopped".into()))).collect();
+        }
+        rx.await
+            .unwrap_or_else(|_| (0..n).map(|_| Err(Refusal::unavailable("ledger writer stopped".into()))).collect())
+    }
+
+    /// Submits one signed record.
+    pub async fn submit(&self, s: Submission) -> Result<Receipt, Refusal> {
+        let p = self.prepare(s);
+        self.submit_prepared(vec![p])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(Refusal::internal("no result".into())))
+    }
+
+    /// Submits many records; signatures are checked on all cores first.
+    pub async fn submit_many(&self, subs: Vec<Submission>) -> Vec<Result<Receipt, Refusal>> {
+        let this = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || this.prepare_parallel(subs))
+            .await
+            .unwrap_or_default();
+        self.submit_prepared(prepared).await
+    }
+
+    /// Prepares records on all available cores.
+    pub fn prepare_parallel(&self, subs: Vec<Submission>) -> Vec<Result<Prepared, Refusal>> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if subs.len() < 64 || threads == 1 {
+            return subs.into_iter().map(|s| self.prepare(s)).collect();
+        }
+        let chunk = subs.len().div_ceil(threads);
+        let mut chunks: Vec<Vec<Submission>> = Vec::new();
+        let mut it = subs.into_iter().peekable();
+        while it.peek().is_some() {
+            chunks.push(it.by_ref().take(chunk).collect());
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|c| scope.spawn(move || c.into_iter().map(|s| self.prepare(s)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Number of entries durable in the log.
+    pub fn size(&self) -> u64 {
+        self.shared.read.read().map(|r| r.tree.size()).unwrap_or(0)
+    }
+
+    /// A watch on the log size (for `WatchEntries`).
+    pub fn subscribe_size(&self) -> watch::Receiver<u64> {
+        self.shared.size_tx.subscribe()
+    }
+
+    /// The latest signed checkpoint: (note, size, root).
+    pub fn checkpoint(&self) -> Result<(String, u64, Hash), Refusal> {
+        let r = self.read()?;
+        Ok((r.checkpoint.clone(), r.checkpoint_size, r.tree.root()))
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, ReadState>, Refusal> {
+        self.shared.read.read().map_err(|_| Refusal::internal("read state poisoned".into()))
+    }
+
+    /// The leaf bytes and hash of entry `index`.
+    pub fn entry(&self, index: u64) -> Result<(Vec<u8>, Hash), Refusal> {
+        let loc = {
+            let r = self.read()?;
+            *r.locations.get(index as usize).ok_or_else(|| {
+                Refusal::not_found(format!("index: entry {index} does not exist (the log has {} entries)", r.tree.size()))
+            })?
+        };
+        self.shared.reader.read(loc).map_err(Refusal::from)
+    }
+
+    fn size_or_latest(r: &ReadState, size: u64) -> Result<u64, Refusal> {
+        if size == 0 {
+            return Ok(r.checkpoint_size);
+        }
+        if size > r.tree.size() {
+            return Err(Refusal::out_of_range(format!(
+                "tree_size: {size} exceeds the log size {}",
+                r.tree.size()
+            )));
+        }
+        Ok(size)
+    }
+
+    /// Inclusion proof of `index` in the tree of `tree_size` (0 = latest checkpoint).
+    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<(u64, Hash, Vec<Hash>), Refusal> {
+        let r = self.read()?;
+        let size = Self::size_or_latest(&r, tree_size)?;
+        if index >= size {
+            return Err(Refusal::out_of_range(format!("index: {index} is not below tree_size {size}")));
+        }
+        let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size)
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        let leaf = r.tree.leaf(index).ok_or_else(|| Refusal::internal("leaf missing".into()))?;
+        Ok((size, leaf, proof))
+    }
+
+    /// Consistency proof from `from` to `to` (0 = latest checkpoint).
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<(u64, Vec<Hash>), Refusal> {
+        let r = self.read()?;
+        let to = Self::size_or_latest(&r, to)?;
+        if from == 0 || from > to {
+            return Err(Refusal::out_of_range(format!(
+                "from_size: must be in 1..={to} (a proof from the empty tree is meaningless)"
+            )));
+        }
+        let proof = merkle::consistency_proof::<Blake3Hasher, _>(&r.tree, from, to)
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        Ok((to, proof))
+    }
+
+    /// Where a key's chain stands.
+    pub fn signer_head(&self, id: &KeyId) -> Result<Head, Refusal> {
+        Ok(match self.shared.views.get(&key::head(id))? {
+            Some(b) => views::decode(b"h/", &b)?,
+            None => Head::default(),
+        })
+    }
+
+    /// A registered key.
+    pub fn key_info(&self, id: &KeyId) -> Result<Option<KeyInfo>, Refusal> {
+        Ok(match self.shared.views.get(&key::key(id))? {
+            Some(b) => Some(views::decode(b"k/", &b)?),
+            None => None,
+        })
+    }
+
+    /// A typed view value by key (for audits and tests).
+    pub fn view<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, Refusal> {
+        Ok(match self.shared.views.get(k)? {
+            Some(b) => Some(views::decode(k, &b)?),
+            None => None,
+        })
+    }
+
+    /// Every view key and value, for comparing a reindexed store with the original.
+    pub fn dump_views(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Refusal> {
+        Ok(self.shared.views.scan_prefix(b"")?)
+    }
+
+    /// Equivocation evidence recorded against a key.
+    pub fn equivocations(&self, id: &KeyId) -> Result<Vec<Equivocation>, Refusal> {
+        let mut out = Vec::new();
+        let prefix = format!("{id}-");
+        let rd = std::fs::read_dir(&self.shared.evidence_dir)
+            .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
+        let mut names: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for p in names {
+            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            if !name.starts_with(&prefix) || !name.ends_with(".evidence") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).map_err(|e| Refusal::unavailable(format!("evidence: {e}")))?;
+            out.push(decode_evidence(&bytes).ok_or_else(|| {
+                Refusal::new(Code::DataLoss, format!("evidence file {name} does not decode"))
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Is the ledger refusing writes after a failure it cannot recover from in-process?
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.read().ok().and_then(|p| p.clone())
+    }
+}
+
+/// Replays log entries into the views (on open and reindex).
+struct Replay<'a> {
+    views: &'a dyn ViewStore,
+    catalogue: Arc<Catalogue>,
+    genesis: Option<GenesisView>,
+    pending: Views<'a>,
+    tree: &'a mut MemoryTree<Blake3Hasher>,
+    locations: &'a mut Vec<Location>,
+    last_time_ms: &'a mut u64,
+    replayed: u64,
+}
+
+impl Replay<'_> {
+    fn entry(&mut self, index: u64, leaf_bytes: &[u8], hash: Hash, location: Location) -> Result<(), StoreError> {
+        let dl = |what: String| StoreError::DataLoss { what: format!("entry {index}: {what}") };
+        let leaf = Leaf::decode(leaf_bytes).map_err(|e| dl(e.to_string()))?;
+        let body = codec::decode_body(&leaf.body).map_err(|e| dl(e.to_string()))?;
+        let signer = KeyId::from_slice("signer", &body.signer).map_err(|e| dl(e.to_string()))?;
+        let payload = body.payload.clone().ok_or_else(|| dl("no payload".into()))?;
+        if index == 0 {
+            let Payload::Genesis(g) = &payload else {
+                return Err(dl("entry 0 is not genesis".into()));
+            };
+            rules::apply_genesis(&mut self.pending, &signer, g).map_err(|r| dl(r.message))?;
+            self.genesis = Some(GenesisView {
+                origin: g.origin.clone(),
+                ledger_key: signer,
+                ledger_public_key: g.ledger_public_key.as_slice().try_into().map_err(|_| dl("bad ledger key".into()))?,
+                catalogue_version: g.catalogue_version.clone(),
+                catalogue_digest: g.catalogue_digest.as_slice().try_into().map_err(|_| dl("bad digest".into()))?,
+            });
+        } else {
+            let genesis = self.genesis.clone().ok_or_else(|| dl("no genesis before it".into()))?;
+            let leaf_hash = |i: u64| self.tree.leaf(i);
+            let ctx = rules::Ctx {
+                origin: &genesis.origin,
+                catalogue: &self.catalogue,
+                index,
+                now_ms: leaf.integrated_time_ms,
+                leaf_hash: &leaf_hash,
+            };
+            let key: KeyInfo = self
+                .pending
+                .get(&key::key(&signer))?
+                .ok_or_else(|| dl(format!("signer {signer} unknown")))?;
+            admit_rules(&ctx, &mut self.pending, &signer, &key, &body, &leaf.body, &payload)
+                .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
+        }
+        self.pending.put(key::entry(index), &EntryView { location, leaf_hash: hash });
+        self.tree.push(hash);
+        self.locations.push(location);
+        *self.last_time_ms = leaf.integrated_time_ms;
+        self.replayed += 1;
+        if self.replayed % 10_000 == 0 {
+            let pos = Position {
+                entries: index + 1,
+                last_hash: hash,
+                segment: location.segment,
+                offset: location.offset + location.len as u64 + crate::store::segment::FRAME_OVERHEAD,
+            };
+            self.flush(&pos)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, pos: &Position) -> Result<(), StoreError> {
+        let pending = std::mem::replace(&mut self.pending, Views::new(self.views));
+        if pending.is_dirty() {
+            self.views.apply(pending.into_batch(pos))?;
+        }
+        Ok(())
+    }
+}
+
+/// The chain and payload rules, shared by ingest and replay (signatures are checked by the
+/// caller: at ingest before this, at replay not at all — `verify` re-checks them offline).
+fn admit_rules(
+    ctx: &rules::Ctx<'_>,
+    v: &mut Views<'_>,
+    signer: &KeyId,
+    key_info: &KeyInfo,
+    body: &pb::RecordBody,
+    body_bytes: &[u8],
+    payload: &Payload,
+) -> Result<(), Refusal> {
+    rules::check_signer(key_info, signer, payload, ctx.now_ms)?;
+    let head: Head = v.get(&key::head(signer))?.unwrap_or_default();
+    if body.signer_seq != head.next_seq || body.signer_prev.as_slice() != head.prev_body_hash {
+        return Err(Refusal::precondition(format!(
+            "body.signer_seq: chain position {} does not follow the head {}",
+            body.signer_seq, head.next_seq
+        )));
+    }
+    rules::apply(ctx, v, signer, key_info, payload)?;
+    v.put(key::signer_seq(signer, body.signer_seq), &ctx.index);
+    v.put(
+        key::head(signer),
+        &Head { next_seq: head.next_seq + 1, prev_body_hash: crypto::body_hash(body_bytes), last_index: Some(ctx.index) },
+    );
+    Ok(())
+}
+
+fn write_genesis(
+    cfg: &Config,
+    w: &mut Writer,
+    views: &dyn ViewStore,
+    tree: &mut MemoryTree<Blake3Hasher>,
+    locations: &mut Vec<Location>,
+    last_time_ms: &mut u64,
+) -> Result<GenesisView, Refusal> {
+    crate::model::ids::check_region_code("", true).ok();
+    if cfg.origin.is_empty() || cfg.origin.contains(char::is_whitespace) || cfg.origin.contains('+') {
+        return Err(Refusal::invalid("origin: must be non-empty without spaces or '+'".into()));
+    }
+    if cfg.root_regulators.is_empty() {
+        return Err(Refusal::invalid("root_regulators: genesis needs at least one root regulator key".into()));
+    }
+    let vk = cfg.ledger_key.verifying_key();
+    let id = KeyId::of(&vk);
+    let body = pb::RecordBody {
+        ledger_origin: cfg.origin.clone(),
+        signer: id.0.to_vec(),
+        signer_seq: 0,
+        signer_prev: vec![0; 32],
+        client_time_ms: now_ms(),
+        payload: Some(Payload::Genesis(pb::Genesis {
+            origin: cfg.origin.clone(),
+            ledger_public_key: vk.to_bytes().to_vec(),
+            root_regulators: cfg.root_regulators.clone(),
+            catalogue_version: cfg.catalogue.version().to_string(),
+            catalogue_digest: cfg.catalogue.digest().to_vec(),
+        })),
+    };
+    let body_bytes = codec::encode_body(&body);
+    let signature = crypto::sign_record(&cfg.ledger_key, &body_bytes);
+    let t = now_ms();
+    let leaf = Leaf { index: 0, integrated_time_ms: t, prev_leaf_hash: [0; 32], body: body_bytes.clone(), signature, cosignatures: vec![] };
+    let bytes = leaf.encode();
+    let hash = codec::leaf_hash(&bytes);
+    let mut v = Views::new(views);
+    let Some(Payload::Genesis(g)) = &body.payload else {
+        return Err(Refusal::internal("genesis payload".into()));
+    };
+    rules::apply_genesis(&mut v, &id, g)?;
+    v.put(key::signer_seq(&id, 0), &0u64);
+    v.put(key::head(&id), &Head { next_seq: 1, prev_body_hash: crypto::body_hash(&body_bytes), last_index: Some(0) });
+    let locs = w.log.append(&[(bytes, hash)])?;
+    v.put(key::entry(0), &EntryView { location: locs[0], leaf_hash: hash });
+    let genesis: GenesisView = v.get(META_GENESIS)?.ok_or_else(|| Refusal::internal("genesis view".into()))?;
+    views.apply(v.into_batch(&w.log.end()))?;
+    tree.push(hash);
+    locations.push(locs[0]);
+    *last_time_ms = t;
+    tracing::info!(origin = %cfg.origin, ledger_key = %id, "wrote genesis");
+    Ok(genesis)
+}
+
+enum Outcome {
+    New(u64),
+    Duplicate(u64),
+    Refused(Refusal),
+}
+
+struct PendingLeaf {
+    leaf: Leaf,
+    bytes: Vec<u8>,
+    hash: Hash,
+}
+
+fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        let mut n = jobs[0].items.len();
+        while n < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.items.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        process_group(&shared, &mut w, jobs);
+    }
+    tracing::info!("ledger writer stopped");
+}
+
+fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
+    if let Some(why) = shared.poisoned.read().ok().and_then(|p| p.clone()) {
+        for job in jobs {
+            let n = job.items.len();
+            let _ = job.reply.send((0..n).map(|_| Err(Refusal::unavailable(format!("ledger is refusing writes: {why}")))).collect());
+        }
+        return;
+    }
+    let (base, mut prev_hash, mut last_time) = {
+        let Ok(r) = shared.read.read() else { return };
+        (r.tree.size(), r.tree.leaf(r.tree.size().saturating_sub(1)).unwrap_or([0; 32]), r.last_time_ms)
+    };
+    let mut v = Views::new(shared.views.as_ref());
+    let mut pending: Vec<PendingLeaf> = Vec::new();
+    let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut out = Vec::with_capacity(job.items.len());
+        for item in job.items {
+            let o = match item {
+                Err(r) => Outcome::Refused(r),
+                Ok(p) => {
+                    let index = base + pending.len() as u64;
+                    let t = now_ms().max(last_time);
+                    match admit(shared, &mut v, &pending, base, &p, index, t) {
+                        Ok(Admitted::New) => {
+                            let leaf = Leaf {
+                                index,
+                                integrated_time_ms: t,
+                                prev_leaf_hash: prev_hash,
+                                body: p.body_bytes,
+                                signature: p.signature,
+                                cosignatures: p.cosignatures,
+                            };
+                            let bytes = leaf.encode();
+                            let hash = codec::leaf_hash(&bytes);
+                            prev_hash = hash;
+                            last_time = t;
+                            pending.push(PendingLeaf { leaf, bytes, hash });
+                            Outcome::New(index)
+                        }
+                        Ok(Admitted::Duplicate(i)) => Outcome::Duplicate(i),
+                        Err(r) => Outcome::Refused(r),
+                    }
+                }
+            };
+            out.push(o);
+        }
+        outcomes.push(out);
+        replies.push(job.reply);
+    }
+    // Make the group durable.
+    let mut failure: Option<Refusal> = None;
+    if !pending.is_empty() {
+        let frames: Vec<(Vec<u8>, Hash)> = pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
+        match w.log.append(&frames) {
+            Ok(locs) => {
+                for (i, (p, loc)) in pending.iter().zip(&locs).enumerate() {
+                    v.put(key::entry(base + i as u64), &EntryView { location: *loc, leaf_hash: p.hash });
+                }
+                if let Err(e) = shared.views.apply(v.into_batch(&w.log.end())) {
+                    // Entries are durable but the views missed them: refuse further writes
+                    // until a restart replays the tail into the views.
+                    let why = format!("view store failed after a durable append: {e}");
+                    tracing::error!(%why);
+                    if let Ok(mut p) = shared.poisoned.write() {
+                        *p = Some(why);
+                    }
+                }
+                let Ok(mut r) = shared.read.write() else { return };
+                for (p, loc) in pending.iter().zip(&locs) {
+                    r.tree.push(p.hash);
+                    r.locations.push(*loc);
+                }
+                r.last_time_ms = last_time;
+                let size = r.tree.size();
+                match sign_checkpoint(
+                    &Checkpoint { origin: shared.genesis.origin.clone(), size, root: r.tree.root(), extensions: vec![] },
+                    &shared.note_signer,
+                ) {
+                    Ok(note) => {
+                        r.checkpoint = note;
+                        r.checkpoint_size = size;
+                    }
+                    Err(e) => tracing::error!(error = %e, "signing checkpoint failed"),
+                }
+                drop(r);
+                let _ = shared.size_tx.send(size);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group append failed; nothing in it is acknowledged");
+                failure = Some(Refusal::from(e));
+                // A segment roll may have left part of the group durable: reopen to learn.
+                if let Ok(mut p) = shared.poisoned.write() {
+                    if w.log.end().entries != base {
+                        *p = Some("a partly written group needs a restart to be replayed".into());
+                    }
+                }
+            }
+        }
+    }
+    // Receipts.
+    let r = match shared.read.read() {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    for (out, reply) in outcomes.into_iter().zip(replies) {
+        let results = out
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Refused(r) => Err(r),
+                Outcome::New(i) | Outcome::Duplicate(i) if failure.is_some() && i >= base => {
+                    Err(failure.clone().unwrap_or_else(|| Refusal::unavailable("append failed".into())))
+                }
+                Outcome::New(i) => receipt(shared, &r, i, false, Some(&pending[(i - base) as usize].leaf)),
+                Outcome::Duplicate(i) => receipt(shared, &r, i, true, None),
+            })
+            .collect();
+        let _ = reply.send(results);
+    }
+}
+
+fn receipt(shared: &Shared, r: &ReadState, index: u64, duplicate: bool, leaf: Option<&Leaf>) -> Result<Receipt, Refusal> {
+    let leaf = match leaf {
+        Some(l) => l.clone(),
+        None => {
+            let loc = *r.locations.get(index as usize).ok_or_else(|| Refusal::internal("location".into()))?;
+            let (bytes, _) = shared.reader.read(loc)?;
+            Leaf::decode(&bytes).map_err(|e| Refusal::new(Code::DataLoss, format!("entry {index}: {e}")))?
+        }
+    };
+    let size = r.checkpoint_size;
+    let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size).map_err(|e| Refusal::internal(e.to_string()))?;
+    Ok(Receipt {
+        index,
+        leaf_hash: r.tree.leaf(index).ok_or_else(|| Refusal::internal("leaf".into()))?,
+        integrated_time_ms: leaf.integrated_time_ms,
+        prev_leaf_hash: leaf.prev_leaf_hash,
+        checkpoint: r.checkpoint.clone(),
+        tree_size: size,
+        inclusion_proof: proof,
+        duplicate,
+    })
+}
+
+enum Admitted {
+    New,
+    Duplicate(u64),
+}
+
+/// The writer's checks for one prepared record, in DESIGN §5 order.
+fn admit(
+    shared: &Shared,
+    v: &mut Views<'_>,
+    pending: &[PendingLeaf],
+    base: u64,
+    p: &Prepared,
+    index: u64,
+    now: u64,
+) -> Result<Admitted, Refusal> {
+    let key_info: KeyInfo = v
+        .get(&key::key(&p.signer))?
+        .ok_or_else(|| Refusal::unauthenticated(format!("body.signer: key {} is not registered on this ledger", p.signer)))?;
+    let head: Head = v.get(&key::head(&p.signer))?.unwrap_or_default();
+    rules::check_signer(&key_info, &p.signer, &p.payload, now)?;
+    let seq = p.body.signer_seq;
+    // Signature (precomputed when the key was known at prepare time).
+    let sig = || -> Result<(), Refusal> {
+        match &p.sig_checked {
+            Some(r) => r.clone(),
+            None => {
+                let vk = VerifyingKey::from_bytes(&key_info.public_key).map_err(|_| Refusal::internal("stored key".into()))?;
+                crypto::verify_record(&vk, &p.body_bytes, &p.signature)
+                    .map_err(|e| Refusal::unauthenticated(format!("record.{e} for key {}", p.signer)))
+            }
+        }
+    };
+    if seq < head.next_seq {
+        let held: u64 = v
+            .get(&key::signer_seq(&p.signer, seq))?
+            .ok_or_else(|| Refusal::internal(format!("no entry for {} seq {seq}", p.signer)))?;
+        let held_body = if held >= base {
+            pending[(held - base) as usize].leaf.body.clone()
+        } else {
+            let loc = shared
+                .read
+                .read()
+                .map_err(|_| Refusal::internal("read state".into()))?
+                .locations
+                .get(held as usize)
+                .copied()
+                .ok_or_else(|| Refusal::internal("location".into()))?;
+            Leaf::decode(&shared.reader.read(loc)?.0)
+                .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {held}: {e}")))?
+                .body
+        };
+        if held_body == p.body_bytes {
+            sig()?;
+            return Ok(Admitted::Duplicate(held));
+        }
+        // A different body at a used seq: keep it as evidence if the key really signed it.
+        sig()?;
+        record_evidence(shared, p, held, now)?;
+        return Err(Refusal::already_exists(format!(
+            "body.signer_seq: seq {seq} of key {} is already used by entry {held} with a different body; the conflicting record is kept as equivocation evidence",
+            p.signer
+        )));
+    }
+    if seq > head.next_seq {
+        return Err(Refusal::precondition(format!(
+            "body.signer_seq: {seq} leaves a gap; key {} must submit seq {} next",
+            p.signer, head.next_seq
+        )));
+    }
+    if p.body.signer_prev.as_slice() != head.prev_body_hash {
+        return Err(Refusal::precondition(format!(
+            "body.signer_prev: does not match the hash of key {}'s previous body (seq {})",
+            p.signer,
+            seq.wrapping_sub(1)
+        )));
+    }
+    sig()?;
+    for (i, c) in p.cosignatures.iter().enumerate() {
+        let ck: KeyInfo = v.get(&key::key(&c.key_id))?.ok_or_else(|| {
+            Refusal::unauthenticated(format!("record.cosignatures[{i}].key_id: key {} is not registered", c.key_id))
+        })?;
+        if ck.revoked_at_ms.is_some_and(|t| t <= now) || now < ck.not_before_ms || (ck.not_after_ms != 0 && now >= ck.not_after_ms) {
+            return Err(Refusal::permission_denied(format!("record.cosignatures[{i}].key_id: key {} is revoked or not valid now", c.key_id)));
+        }
+        if c.key_id == p.signer {
+            return Err(Refusal::invalid(format!("record.cosignatures[{i}].key_id: the signer cannot cosign its own record")));
+        }
+        let vk = VerifyingKey::from_bytes(&ck.public_key).map_err(|_| Refusal::internal("stored key".into()))?;
+        crypto::verify_cosignature(&vk, &p.body_bytes, &c.signature)
+            .map_err(|e| Refusal::unauthenticated(format!("record.cosignatures[{i}]: {e}")))?;
+    }
+    let pending_hash = |i: u64| -> Option<Hash> {
+        if i >= base {
+            pending.get((i - base) as usize).map(|p| p.hash)
+        } else {
+            shared.read.read().ok()?.tree.leaf(i)
+        }
+    };
+    let ctx = rules::Ctx {
+        origin: &shared.genesis.origin,
+        catalogue: &shared.catalogue,
+        index,
+        now_ms: now,
+        leaf_hash: &pending_hash,
+    };
+    admit_rules(&ctx, v, &p.signer, &key_info, &p.body, &p.body_bytes, &p.payload)?;
+    Ok(Admitted::New)
+}
+
+fn record_evidence(shared: &Shared, p: &Prepared, held: u64, now: u64) -> Result<(), Refusal> {
+    let name = format!(
+        "{}-{:020}-{}.evidence",
+        p.signer,
+        p.body.signer_seq,
+        &hex::encode(crypto::body_hash(&p.body_bytes))[..16]
+    );
+    let path = shared.evidence_dir.join(&name);
+    if path.exists() {
+        return Ok(());
+    }
+    let bytes = encode_evidence(&Equivocation {
+        key_id: p.signer,
+        signer_seq: p.body.signer_seq,
+        entry_index: held,
+        conflicting: Submission {
+            body: p.body_bytes.clone(),
+            signature: p.signature.to_vec(),
+            cosignatures: p.cosignatures.iter().map(|c| (c.key_id.0.to_vec(), c.signature.to_vec())).collect(),
+        },
+        observed_ms: now,
+    });
+    let tmp = shared.evidence_dir.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&shared.evidence_dir)?.sync_all()
+    };
+    write().map_err(|e| Refusal::unavailable(format!("recording equivocation evidence: {e}")))
+}
+
+fn encode_evidence(e: &Equivocation) -> Vec<u8> {
+    use prost::Message;
+    pb::Equivocation {
+        key_id: e.key_id.0.to_vec(),
+        signer_seq: e.signer_seq,
+        entry_index: e.entry_index,
+        conflicting: Some(pb::SignedRecord {
+            body: e.conflicting.body.clone(),
+            signature: e.conflicting.signature.clone(),
+            cosignatures: e
+                .conflicting
+                .cosignatures
+                .iter()
+                .map(|(k, s)| pb::Cosignature { key_id: k.clone(), signature: s.clone() })
+                .collect(),
+        }),
+        observed_ms: e.observed_ms,
+    }
+    .encode_to_vec()
+}
+
+fn decode_evidence(bytes: &[u8]) -> Option<Equivocation> {
+    use prost::Message;
+    let m = pb::Equivocation::decode(bytes).ok()?;
+    let c = m.conflicting?;
+    Some(Equivocation {
+        key_id: KeyId::from_slice("key_id", &m.key_id).ok()?,
+        signer_seq: m.signer_seq,
+        entry_index: m.entry_index,
+        conflicting: Submission {
+            body: c.body,
+            signature: c.signature,
+            cosignatures: c.cosignatures.into_iter().map(|x| (x.key_id, x.signature)).collect(),
+        },
+        observed_ms: m.observed_ms,
+    })
+}
+
+/// Rebuilds the views of a data dir from its log (the server must not be running).
+pub fn reindex(cfg: Config) -> Result<OpenReport, Refusal> {
+    let views_dir = cfg.data_dir.join("views");
+    if views_dir.exists() {
+        std::fs::remove_dir_all(&views_dir)
+            .map_err(|e| Refusal::unavailable(format!("removing {}: {e}", views_dir.display())))?;
+    }
+    let (ledger, mut report) = Ledger::open(cfg)?;
+    report.views_rebuilt = true;
+    ledger.shared.views.flush()?;
+    Ok(report)
+}
+
+/// Path helpers for a data dir.
+pub fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}

@@ -1,0 +1,715 @@
+//! The ingest rules for each payload kind: who may sign it and what must hold for it to be
+//! appended, and the view changes it makes when it is.
+//!
+//! Every rule function checks everything first and writes only after the last check, so a
+//! refused record leaves the views exactly as they were. Time is the ledger's integrated time of
+//! the entry, never the client's clock.
+
+use super::error::Refusal;
+use super::views::*;
+use crate::crypto::{parse_public_key, KeyId};
+use crate::merkle::Hash;
+use crate::model::ids::{check_credit_code, check_region_code, within};
+use crate::model::Catalogue;
+use crate::pb::{self, record_body::Payload, Activity, Category, Role};
+use crate::store::StoreError;
+
+/// What the rules can see besides the views.
+pub struct Ctx<'a> {
+    pub origin: &'a str,
+    pub catalogue: &'a Catalogue,
+    /// Index this entry will have.
+    pub index: u64,
+    /// Integrated time of this entry.
+    pub now_ms: u64,
+    /// Leaf hash of an existing entry (`index` < this entry's index).
+    pub leaf_hash: &'a dyn Fn(u64) -> Option<Hash>,
+}
+
+/// The name of a payload kind, as used in messages.
+pub fn kind_name(p: &Payload) -> &'static str {
+    match p {
+        Payload::Genesis(_) => "genesis",
+        Payload::RegisterAuthority(_) => "register_authority",
+        Payload::EnrolEnterprise(_) => "enrol_enterprise",
+        Payload::RegisterKey(_) => "register_key",
+        Payload::RevokeKey(_) => "revoke_key",
+        Payload::IssuePermit(_) => "issue_permit",
+        Payload::RevokePermit(_) => "revoke_permit",
+        Payload::CustomsClearance(_) => "customs_clearance",
+        Payload::ForeignEndorsement(_) => "foreign_endorsement",
+        Payload::CatalogueUpdate(_) => "catalogue_update",
+        Payload::Produce(_) => "produce",
+        Payload::Ship(_) => "ship",
+        Payload::Receive(_) => "receive",
+        Payload::TransportLeg(_) => "transport_leg",
+        Payload::Import(_) => "import",
+        Payload::Export(_) => "export",
+        Payload::Consume(_) => "consume",
+        Payload::Destroy(_) => "destroy",
+        Payload::StockTake(_) => "stock_take",
+        Payload::LossReport(_) => "loss_report",
+        Payload::Correction(_) => "correction",
+        Payload::Inspection(_) => "inspection",
+    }
+}
+
+/// Roles that may sign each kind. Kinds whose rules are not built yet return `None`.
+pub fn allowed_roles(p: &Payload) -> Option<&'static [Role]> {
+    const REG: &[Role] = &[Role::RootRegulator, Role::Regulator];
+    const ENT: &[Role] = &[Role::Enterprise];
+    match p {
+        Payload::Genesis(_) => Some(&[Role::Ledger]),
+        Payload::RegisterAuthority(_) => Some(&[Role::RootRegulator]),
+        Payload::EnrolEnterprise(_) | Payload::RegisterKey(_) | Payload::RevokeKey(_) => Some(REG),
+        Payload::Produce(_) | Payload::Ship(_) | Payload::Receive(_) | Payload::StockTake(_) => {
+            Some(ENT)
+        }
+        _ => None,
+    }
+}
+
+fn role_name(role: i32) -> &'static str {
+    Role::try_from(role)
+        .map(|r| r.as_str_name())
+        .unwrap_or("ROLE_UNKNOWN")
+}
+
+/// Checks the signer's key: role for this kind, validity at `now`, not revoked.
+pub fn check_signer(key: &KeyInfo, id: &KeyId, payload: &Payload, now: u64) -> Result<(), Refusal> {
+    let kind = kind_name(payload);
+    let Some(roles) = allowed_roles(payload) else {
+        return Err(Refusal::unimplemented(format!(
+            "body.payload: `{kind}` records are defined in the protocol but this ledger has no ingest rules for them yet"
+        )));
+    };
+    if let Some(at) = key.revoked_at_ms {
+        if at <= now {
+            return Err(Refusal::permission_denied(format!(
+                "body.signer: key {id} was revoked at {at} ms"
+            )));
+        }
+    }
+    if now < key.not_before_ms || (key.not_after_ms != 0 && now >= key.not_after_ms) {
+        return Err(Refusal::permission_denied(format!(
+            "body.signer: key {id} is not valid now ({now} ms; valid {}..{})",
+            key.not_before_ms,
+            if key.not_after_ms == 0 { "open".to_string() } else { key.not_after_ms.to_string() }
+        )));
+    }
+    if !roles.iter().any(|r| *r as i32 == key.role) {
+        return Err(Refusal::permission_denied(format!(
+            "body.signer: a {} key may not sign `{kind}` records",
+            role_name(key.role)
+        )));
+    }
+    Ok(())
+}
+
+fn se(e: StoreError) -> Refusal {
+    Refusal::from(e)
+}
+
+fn invalid(field: &str, rule: impl std::fmt::Display) -> Refusal {
+    Refusal::invalid(format!("{field}: {rule}"))
+}
+
+fn precondition(field: &str, rule: impl std::fmt::Display) -> Refusal {
+    Refusal::precondition(format!("{field}: {rule}"))
+}
+
+/// Identifiers become view keys: no NUL, not empty, bounded.
+fn ident(field: &str, v: &str) -> Result<(), Refusal> {
+    if v.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if v.len() > 128 || v.contains('\0') || v.chars().any(char::is_control) {
+        return Err(invalid(field, "must be 1–128 characters without control characters"));
+    }
+    Ok(())
+}
+
+fn text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
+    if v.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
+    }
+    Ok(())
+}
+
+fn validity(field: &str, v: Option<&pb::Validity>) -> Result<(u64, u64), Refusal> {
+    let v = v.cloned().unwrap_or_default();
+    if v.not_after_ms != 0 && v.not_after_ms <= v.not_before_ms {
+        return Err(invalid(field, "not_after_ms must be 0 (open) or after not_before_ms"));
+    }
+    Ok((v.not_before_ms, v.not_after_ms))
+}
+
+fn regulator_covers(signer: &KeyInfo, region: &str, field: &str) -> Result<(), Refusal> {
+    if !within(&signer.jurisdiction, region) {
+        return Err(Refusal::permission_denied(format!(
+            "{field}: `{region}` is outside the signer's jurisdiction `{}`",
+            signer.jurisdiction
+        )));
+    }
+    Ok(())
+}
+
+/// A quantity in the substance's base unit, > 0 unless `zero_ok`.
+fn quantity(
+    field: &str,
+    q: Option<&pb::Quantity>,
+    substance: &crate::model::Substance,
+    zero_ok: bool,
+) -> Result<u64, Refusal> {
+    let q = q.ok_or_else(|| invalid(field, "is required"))?;
+    if q.unit != substance.unit as i32 {
+        let got = pb::Unit::try_from(q.unit)
+            .map(|u| u.as_str_name().to_string())
+            .unwrap_or_else(|_| format!("unknown unit {}", q.unit));
+        return Err(invalid(
+            &format!("{field}.unit"),
+            format!(
+                "{got} is not the base unit of {} ({})",
+                substance.id,
+                substance.unit.as_str_name()
+            ),
+        ));
+    }
+    if q.amount == 0 && !zero_ok {
+        return Err(invalid(&format!("{field}.amount"), "must be greater than 0"));
+    }
+    Ok(q.amount)
+}
+
+fn substance<'c>(ctx: &Ctx<'c>, field: &str, id: &str) -> Result<&'c crate::model::Substance, Refusal> {
+    ctx.catalogue.get(id).ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "`{id}` is not in the substance catalogue {}",
+                ctx.catalogue.version()
+            ),
+        )
+    })
+}
+
+fn enterprise_of(v: &Views<'_>, key: &KeyInfo, id: &KeyId) -> Result<EnterpriseView, Refusal> {
+    v.get::<EnterpriseView>(&key::enterprise(&key.enterprise))
+        .map_err(se)?
+        .ok_or_else(|| {
+            Refusal::internal(format!("key {id} names enterprise {} which is not enrolled", key.enterprise))
+        })
+}
+
+fn site(ent: &EnterpriseView, field: &str, site: &str) -> Result<(), Refusal> {
+    ident(field, site)?;
+    if !ent.has_site(site) {
+        return Err(precondition(
+            field,
+            format!("enterprise {} has no site `{site}`", ent.credit_code),
+        ));
+    }
+    Ok(())
+}
+
+fn category_name(c: Category) -> &'static str {
+    c.as_str_name().trim_start_matches("CATEGORY_")
+}
+
+fn activity_name(a: Activity) -> &'static str {
+    a.as_str_name().trim_start_matches("ACTIVITY_")
+}
+
+/// The enterprise holds a licence (or filing) for `activity` on `category`, valid at `now`.
+fn licensed(ent: &EnterpriseView, category: Category, activity: Activity, now: u64) -> Result<(), Refusal> {
+    let ok = ent.licences.iter().any(|l| {
+        l.category == category as i32
+            && l.activities.contains(&(activity as i32))
+            && l.not_before_ms <= now
+            && (l.not_after_ms == 0 || now < l.not_after_ms)
+    });
+    if !ok {
+        return Err(Refusal::precondition(format!(
+            "licence: enterprise {} holds no licence valid now for {} × {}",
+            ent.credit_code,
+            category_name(category),
+            activity_name(activity)
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves a reference to an entry of this ledger.
+pub fn entry_ref(ctx: &Ctx<'_>, field: &str, r: Option<&pb::EntryRef>) -> Result<u64, Refusal> {
+    let r = r.ok_or_else(|| invalid(field, "is required"))?;
+    if r.origin != ctx.origin {
+        return Err(precondition(
+            &format!("{field}.origin"),
+            format!("`{}` is not this ledger (`{}`); cross-ledger references are not accepted yet", r.origin, ctx.origin),
+        ));
+    }
+    if r.index >= ctx.index {
+        return Err(precondition(
+            &format!("{field}.index"),
+            format!("entry {} does not exist (the log has {} entries)", r.index, ctx.index),
+        ));
+    }
+    let want = (ctx.leaf_hash)(r.index).ok_or_else(|| Refusal::internal(format!("leaf hash of entry {} unavailable", r.index)))?;
+    if r.leaf_hash.as_slice() != want.as_slice() {
+        return Err(precondition(
+            &format!("{field}.leaf_hash"),
+            format!("does not match entry {}", r.index),
+        ));
+    }
+    Ok(r.index)
+}
+
+/// Applies the payload's rules; on success the view changes are in `v`.
+pub fn apply(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    signer_id: &KeyId,
+    signer: &KeyInfo,
+    payload: &Payload,
+) -> Result<(), Refusal> {
+    match payload {
+        Payload::Genesis(_) => Err(Refusal::precondition(
+            "body.payload: genesis is entry 0 only; this ledger already has one".into(),
+        )),
+        Payload::RegisterAuthority(p) => register_authority(ctx, v, signer, p),
+        Payload::EnrolEnterprise(p) => enrol_enterprise(ctx, v, signer, p),
+        Payload::RegisterKey(p) => register_key(ctx, v, signer, p),
+        Payload::RevokeKey(p) => revoke_key(ctx, v, signer_id, signer, p),
+        Payload::Produce(p) => produce(ctx, v, signer_id, signer, p),
+        Payload::Ship(p) => ship(ctx, v, signer_id, signer, p),
+        Payload::Receive(p) => receive(ctx, v, signer_id, signer, p),
+        Payload::StockTake(p) => stock_take(ctx, v, signer_id, signer, p),
+        other => Err(Refusal::unimplemented(format!(
+            "body.payload: `{}` records have no ingest rules yet",
+            kind_name(other)
+        ))),
+    }
+}
+
+/// Registers the keys named in Genesis (entry 0, built by the ledger itself).
+pub fn apply_genesis(v: &mut Views<'_>, ledger_id: &KeyId, g: &pb::Genesis) -> Result<(), Refusal> {
+    let ledger_pk = parse_public_key("genesis.ledger_public_key", &g.ledger_public_key)
+        .map_err(|e| Refusal::invalid(e.to_string()))?;
+    if KeyId::of(&ledger_pk) != *ledger_id {
+        return Err(invalid("genesis.ledger_public_key", "is not the key that signed genesis"));
+    }
+    let digest: [u8; 32] = g
+        .catalogue_digest
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid("genesis.catalogue_digest", "must be 32 bytes"))?;
+    v.put(
+        META_GENESIS.to_vec(),
+        &GenesisView {
+            origin: g.origin.clone(),
+            ledger_key: *ledger_id,
+            ledger_public_key: ledger_pk.to_bytes(),
+            catalogue_version: g.catalogue_version.clone(),
+            catalogue_digest: digest,
+        },
+    );
+    v.put(
+        key::key(ledger_id),
+        &KeyInfo {
+            public_key: ledger_pk.to_bytes(),
+            role: Role::Ledger as i32,
+            enterprise: String::new(),
+            jurisdiction: String::new(),
+            agency: 0,
+            holder: g.origin.clone(),
+            not_before_ms: 0,
+            not_after_ms: 0,
+            revoked_at_ms: None,
+            revoked_by_entry: None,
+            registered_by_entry: 0,
+        },
+    );
+    for (i, a) in g.root_regulators.iter().enumerate() {
+        let info = authority_info(&format!("genesis.root_regulators[{i}]"), a, Role::RootRegulator, 0)?;
+        let id = KeyId::of(&ed25519_dalek::VerifyingKey::from_bytes(&info.public_key).map_err(|_| invalid("genesis.root_regulators", "bad key"))?);
+        if v.get::<KeyInfo>(&key::key(&id)).map_err(se)?.is_some() {
+            return Err(invalid(&format!("genesis.root_regulators[{i}]"), "key listed twice"));
+        }
+        v.put(key::key(&id), &info);
+    }
+    Ok(())
+}
+
+fn authority_info(field: &str, a: &pb::AuthorityKey, role: Role, entry: u64) -> Result<KeyInfo, Refusal> {
+    let pk = parse_public_key("public_key", &a.public_key)
+        .map_err(|e| invalid(&format!("{field}.public_key"), e))?;
+    check_region_code(&a.jurisdiction, true).map_err(|e| invalid(&format!("{field}.jurisdiction"), e))?;
+    if pb::Agency::try_from(a.agency).unwrap_or(pb::Agency::Unspecified) == pb::Agency::Unspecified {
+        return Err(invalid(&format!("{field}.agency"), "must name an agency"));
+    }
+    text(&format!("{field}.name"), &a.name, 256)?;
+    let (nb, na) = validity(&format!("{field}.validity"), a.validity.as_ref())?;
+    Ok(KeyInfo {
+        public_key: pk.to_bytes(),
+        role: role as i32,
+        enterprise: String::new(),
+        jurisdiction: a.jurisdiction.clone(),
+        agency: a.agency,
+        holder: a.name.clone(),
+        not_before_ms: nb,
+        not_after_ms: na,
+        revoked_at_ms: None,
+        revoked_by_entry: None,
+        registered_by_entry: entry,
+    })
+}
+
+fn new_key_id(v: &Views<'_>, field: &str, pk: &[u8; 32]) -> Result<KeyId, Refusal> {
+    // INVARIANT: callers parsed `pk` with parse_public_key already.
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(pk).map_err(|_| invalid(field, "bad key"))?;
+    let id = KeyId::of(&vk);
+    if v.get::<KeyInfo>(&key::key(&id)).map_err(se)?.is_some() {
+        return Err(Refusal::already_exists(format!("{field}: key {id} is already registered")));
+    }
+    Ok(id)
+}
+
+fn register_authority(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::RegisterAuthority) -> Result<(), Refusal> {
+    let a = p.authority.as_ref().ok_or_else(|| invalid("register_authority.authority", "is required"))?;
+    let info = authority_info("register_authority.authority", a, Role::Regulator, ctx.index)?;
+    regulator_covers(signer, &info.jurisdiction, "register_authority.authority.jurisdiction")?;
+    let id = new_key_id(v, "register_authority.authority.public_key", &info.public_key)?;
+    v.put(key::key(&id), &info);
+    Ok(())
+}
+
+fn enrol_enterprise(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::EnrolEnterprise) -> Result<(), Refusal> {
+    check_credit_code(&p.credit_code).map_err(|e| invalid("enrol_enterprise.credit_code", e))?;
+    if p.name.trim().is_empty() {
+        return Err(invalid("enrol_enterprise.name", "must not be empty"));
+    }
+    text("enrol_enterprise.name", &p.name, 256)?;
+    check_region_code(&p.jurisdiction, false).map_err(|e| invalid("enrol_enterprise.jurisdiction", e))?;
+    regulator_covers(signer, &p.jurisdiction, "enrol_enterprise.jurisdiction")?;
+    let mut licences = Vec::new();
+    for (i, l) in p.licences.iter().enumerate() {
+        let f = format!("enrol_enterprise.licences[{i}]");
+        ident(&format!("{f}.licence_no"), &l.licence_no)?;
+        if Category::try_from(l.category).unwrap_or(Category::Unspecified) == Category::Unspecified {
+            return Err(invalid(&format!("{f}.category"), "must name a category"));
+        }
+        if l.activities.is_empty() {
+            return Err(invalid(&format!("{f}.activities"), "must name at least one activity"));
+        }
+        for a in &l.activities {
+            if Activity::try_from(*a).unwrap_or(Activity::Unspecified) == Activity::Unspecified {
+                return Err(invalid(&format!("{f}.activities"), format!("unknown activity {a}")));
+            }
+        }
+        let (nb, na) = validity(&format!("{f}.validity"), l.validity.as_ref())?;
+        licences.push(LicenceView {
+            licence_no: l.licence_no.clone(),
+            category: l.category,
+            activities: l.activities.clone(),
+            not_before_ms: nb,
+            not_after_ms: na,
+        });
+    }
+    let mut sites: Vec<SiteView> = Vec::new();
+    for (i, s) in p.sites.iter().enumerate() {
+        ident(&format!("enrol_enterprise.sites[{i}].site_id"), &s.site_id)?;
+        text(&format!("enrol_enterprise.sites[{i}].name"), &s.name, 256)?;
+        text(&format!("enrol_enterprise.sites[{i}].address"), &s.address, 512)?;
+        if sites.iter().any(|x| x.site_id == s.site_id) {
+            return Err(invalid(&format!("enrol_enterprise.sites[{i}].site_id"), format!("`{}` listed twice", s.site_id)));
+        }
+        sites.push(SiteView { site_id: s.site_id.clone(), name: s.name.clone(), address: s.address.clone() });
+    }
+    let k = key::enterprise(&p.credit_code);
+    let existing = v.get::<EnterpriseView>(&k).map_err(se)?;
+    let view = match existing {
+        Some(mut e) => {
+            regulator_covers(signer, &e.jurisdiction, "enrol_enterprise.credit_code")?;
+            // Sites that hold stock or have history stay: an amendment may not drop a site.
+            for s in &e.sites {
+                if !sites.iter().any(|x| x.site_id == s.site_id) {
+                    return Err(precondition("enrol_enterprise.sites", format!("an amendment may not remove site `{}`", s.site_id)));
+                }
+            }
+            e.name = p.name.clone();
+            e.jurisdiction = p.jurisdiction.clone();
+            e.licences = licences;
+            e.sites = sites;
+            e.amended_by_entry.push(ctx.index);
+            e
+        }
+        None => EnterpriseView {
+            credit_code: p.credit_code.clone(),
+            name: p.name.clone(),
+            jurisdiction: p.jurisdiction.clone(),
+            licences,
+            sites,
+            enrolled_by_entry: ctx.index,
+            amended_by_entry: Vec::new(),
+        },
+    };
+    v.put(k, &view);
+    Ok(())
+}
+
+fn register_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::RegisterKey) -> Result<(), Refusal> {
+    let pk = parse_public_key("public_key", &p.public_key).map_err(|e| invalid("register_key.public_key", e))?;
+    let role = Role::try_from(p.role).unwrap_or(Role::Unspecified);
+    let (nb, na) = validity("register_key.validity", p.validity.as_ref())?;
+    text("register_key.holder", &p.holder, 256)?;
+    let (enterprise, jurisdiction) = match role {
+        Role::Enterprise => {
+            let ent = v
+                .get::<EnterpriseView>(&key::enterprise(&p.enterprise))
+                .map_err(se)?
+                .ok_or_else(|| precondition("register_key.enterprise", format!("`{}` is not enrolled", p.enterprise)))?;
+            regulator_covers(signer, &ent.jurisdiction, "register_key.enterprise")?;
+            (ent.credit_code, ent.jurisdiction)
+        }
+        Role::Inspector | Role::Witness => {
+            check_region_code(&p.jurisdiction, true).map_err(|e| invalid("register_key.jurisdiction", e))?;
+            regulator_covers(signer, &p.jurisdiction, "register_key.jurisdiction")?;
+            if !p.enterprise.is_empty() {
+                return Err(invalid("register_key.enterprise", "only enterprise keys name an enterprise"));
+            }
+            (String::new(), p.jurisdiction.clone())
+        }
+        _ => {
+            return Err(invalid(
+                "register_key.role",
+                "must be ROLE_ENTERPRISE, ROLE_INSPECTOR or ROLE_WITNESS (regulator keys use register_authority)",
+            ))
+        }
+    };
+    let id = new_key_id(v, "register_key.public_key", &pk.to_bytes())?;
+    v.put(
+        key::key(&id),
+        &KeyInfo {
+            public_key: pk.to_bytes(),
+            role: role as i32,
+            enterprise,
+            jurisdiction,
+            agency: 0,
+            holder: p.holder.clone(),
+            not_before_ms: nb,
+            not_after_ms: na,
+            revoked_at_ms: None,
+            revoked_by_entry: None,
+            registered_by_entry: ctx.index,
+        },
+    );
+    Ok(())
+}
+
+fn revoke_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer_id: &KeyId, signer: &KeyInfo, p: &pb::RevokeKey) -> Result<(), Refusal> {
+    let id = KeyId::from_slice("revoke_key.key_id", &p.key_id).map_err(|e| invalid("revoke_key.key_id", e))?;
+    text("revoke_key.reason", &p.reason, 1024)?;
+    let mut info = v
+        .get::<KeyInfo>(&key::key(&id))
+        .map_err(se)?
+        .ok_or_else(|| Refusal::not_found(format!("revoke_key.key_id: key {id} is not registered")))?;
+    if info.revoked_at_ms.is_some() {
+        return Err(precondition("revoke_key.key_id", format!("key {id} is already revoked")));
+    }
+    let role = Role::try_from(info.role).unwrap_or(Role::Unspecified);
+    match role {
+        Role::Ledger => return Err(Refusal::permission_denied("revoke_key.key_id: the ledger key cannot be revoked by a record".into())),
+        Role::RootRegulator | Role::Regulator if signer.role != Role::RootRegulator as i32 => {
+            return Err(Refusal::permission_denied("revoke_key.key_id: only a root regulator revokes regulator keys".into()))
+        }
+        _ => {}
+    }
+    if &id == signer_id {
+        return Err(precondition("revoke_key.key_id", "a key may not revoke itself"));
+    }
+    regulator_covers(signer, &info.jurisdiction, "revoke_key.key_id")?;
+    info.revoked_at_ms = Some(ctx.now_ms);
+    info.revoked_by_entry = Some(ctx.index);
+    v.put(key::key(&id), &info);
+    Ok(())
+}
+
+fn produce(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Produce) -> Result<(), Refusal> {
+    let ent = enterprise_of(v, signer, id)?;
+    site(&ent, "produce.site_id", &p.site_id)?;
+    let s = substance(ctx, "produce.substance", &p.substance)?;
+    let q = quantity("produce.quantity", p.quantity.as_ref(), s, false)?;
+    ident("produce.lot", &p.lot)?;
+    licensed(&ent, s.category, Activity::Produce, ctx.now_ms)?;
+    if let Some(lot) = v.get::<LotView>(&key::lot(&p.lot)).map_err(se)? {
+        return Err(Refusal::already_exists(format!(
+            "produce.lot: lot `{}` already exists (created by entry {})",
+            p.lot, lot.created_by_entry
+        )));
+    }
+    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &p.lot };
+    let bal = v.balance(&h).map_err(se)?;
+    let new = bal.checked_add(q).ok_or_else(|| invalid("produce.quantity.amount", "book stock would overflow u64"))?;
+    v.put(key::lot(&p.lot), &LotView { substance: s.id.clone(), created_by: ent.credit_code.clone(), created_by_entry: ctx.index, derived_from: None });
+    v.put(key::balance(&h), &new);
+    Ok(())
+}
+
+fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Ship) -> Result<(), Refusal> {
+    let ent = enterprise_of(v, signer, id)?;
+    site(&ent, "ship.site_id", &p.site_id)?;
+    let s = substance(ctx, "ship.substance", &p.substance)?;
+    let q = quantity("ship.quantity", p.quantity.as_ref(), s, false)?;
+    ident("ship.lot", &p.lot)?;
+    text("ship.payment_method", &p.payment_method, 64)?;
+    let pm = p.payment_method.to_ascii_lowercase();
+    if pm == "cash" || pm == "barter" {
+        return Err(precondition("ship.payment_method", "cash and barter trades are forbidden"));
+    }
+    let lot = v
+        .get::<LotView>(&key::lot(&p.lot))
+        .map_err(se)?
+        .ok_or_else(|| precondition("ship.lot", format!("lot `{}` does not exist", p.lot)))?;
+    if lot.substance != s.id {
+        return Err(precondition("ship.lot", format!("lot `{}` is {}, not {}", p.lot, lot.substance, s.id)));
+    }
+    let same_enterprise = p.consignee == ent.credit_code;
+    if !same_enterprise {
+        licensed(&ent, s.category, Activity::Sell, ctx.now_ms)?;
+    }
+    let consignee = v
+        .get::<EnterpriseView>(&key::enterprise(&p.consignee))
+        .map_err(se)?
+        .ok_or_else(|| precondition("ship.consignee", format!("`{}` is not an enrolled enterprise", p.consignee)))?;
+    site(&consignee, "ship.consignee_site", &p.consignee_site)?;
+    if same_enterprise && p.consignee_site == p.site_id {
+        return Err(invalid("ship.consignee_site", "a shipment must go to another site"));
+    }
+    if !same_enterprise {
+        licensed(&consignee, s.category, Activity::Purchase, ctx.now_ms).map_err(|r| {
+            Refusal::precondition(format!("ship.consignee: {}", r.message))
+        })?;
+    }
+    if p.permit.is_some() {
+        entry_ref(ctx, "ship.permit", p.permit.as_ref())?;
+    }
+    if p.transport_permit.is_some() {
+        entry_ref(ctx, "ship.transport_permit", p.transport_permit.as_ref())?;
+    }
+    if !p.carrier.is_empty() && v.get::<EnterpriseView>(&key::enterprise(&p.carrier)).map_err(se)?.is_none() {
+        return Err(precondition("ship.carrier", format!("`{}` is not an enrolled enterprise", p.carrier)));
+    }
+    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &p.lot };
+    let bal = v.balance(&h).map_err(se)?;
+    let Some(new) = bal.checked_sub(q) else {
+        return Err(precondition(
+            "ship.quantity.amount",
+            format!("{q} exceeds book stock {bal} of lot `{}` at site `{}`; book stock may not go negative", p.lot, p.site_id),
+        ));
+    };
+    v.put(key::balance(&h), &new);
+    v.put(
+        key::shipment(ctx.index),
+        &ShipmentView {
+            ship_entry: ctx.index,
+            from_enterprise: ent.credit_code.clone(),
+            from_site: p.site_id.clone(),
+            to_enterprise: consignee.credit_code.clone(),
+            to_site: p.consignee_site.clone(),
+            substance: s.id.clone(),
+            lot: p.lot.clone(),
+            quantity: q,
+            shipped_at_ms: ctx.now_ms,
+            expected_delivery_ms: p.expected_delivery_ms,
+            received: None,
+        },
+    );
+    Ok(())
+}
+
+fn receive(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Receive) -> Result<(), Refusal> {
+    let ent = enterprise_of(v, signer, id)?;
+    let ship_index = entry_ref(ctx, "receive.ship", p.ship.as_ref())?;
+    let mut shipment = v
+        .get::<ShipmentView>(&key::shipment(ship_index))
+        .map_err(se)?
+        .filter(|s| s.to_enterprise == ent.credit_code)
+        .ok_or_else(|| precondition("receive.ship", format!("entry {ship_index} is not a shipment to {}", ent.credit_code)))?;
+    if let Some(r) = &shipment.received {
+        return Err(Refusal::already_exists(format!(
+            "receive.ship: shipment {ship_index} was already received by entry {}",
+            r.receive_entry
+        )));
+    }
+    site(&ent, "receive.site_id", &p.site_id)?;
+    if p.site_id != shipment.to_site {
+        return Err(precondition("receive.site_id", format!("shipment {ship_index} is consigned to site `{}`", shipment.to_site)));
+    }
+    let s = substance(ctx, "receive.substance", &shipment.substance)?;
+    let q = quantity("receive.quantity", p.quantity.as_ref(), s, false)?;
+    if q > shipment.quantity {
+        return Err(precondition(
+            "receive.quantity.amount",
+            format!("{q} exceeds the {} shipped by entry {ship_index}", shipment.quantity),
+        ));
+    }
+    if shipment.from_enterprise != ent.credit_code {
+        licensed(&ent, s.category, Activity::Purchase, ctx.now_ms)?;
+    }
+    let lot_id = if p.lot.is_empty() { shipment.lot.clone() } else { p.lot.clone() };
+    ident("receive.lot", &lot_id)?;
+    let new_lot = if lot_id != shipment.lot {
+        match v.get::<LotView>(&key::lot(&lot_id)).map_err(se)? {
+            Some(l) if l.substance != s.id => {
+                return Err(precondition("receive.lot", format!("lot `{lot_id}` is {}, not {}", l.substance, s.id)))
+            }
+            Some(_) => None,
+            None => Some(LotView {
+                substance: s.id.clone(),
+                created_by: ent.credit_code.clone(),
+                created_by_entry: ctx.index,
+                derived_from: Some(shipment.lot.clone()),
+            }),
+        }
+    } else {
+        None
+    };
+    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &lot_id };
+    let bal = v.balance(&h).map_err(se)?;
+    let new = bal.checked_add(q).ok_or_else(|| invalid("receive.quantity.amount", "book stock would overflow u64"))?;
+    if let Some(l) = new_lot {
+        v.put(key::lot(&lot_id), &l);
+    }
+    v.put(key::balance(&h), &new);
+    shipment.received = Some(ReceivedView { receive_entry: ctx.index, site: p.site_id.clone(), lot: lot_id.clone(), quantity: q, at_ms: ctx.now_ms });
+    v.put(key::shipment(ship_index), &shipment);
+    Ok(())
+}
+
+fn stock_take(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::StockTake) -> Result<(), Refusal> {
+    let ent = enterprise_of(v, signer, id)?;
+    site(&ent, "stock_take.site_id", &p.site_id)?;
+    if p.counts.is_empty() {
+        return Err(invalid("stock_take.counts", "must count at least one substance × lot"));
+    }
+    if p.counts.len() > 1000 {
+        return Err(invalid("stock_take.counts", "at most 1000 counts per record"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut writes = Vec::new();
+    for (i, c) in p.counts.iter().enumerate() {
+        let f = format!("stock_take.counts[{i}]");
+        let s = substance(ctx, &format!("{f}.substance"), &c.substance)?;
+        let q = quantity(&format!("{f}.quantity"), c.quantity.as_ref(), s, true)?;
+        ident(&format!("{f}.lot"), &c.lot)?;
+        if !seen.insert((c.substance.clone(), c.lot.clone())) {
+            return Err(invalid(&f, format!("{} lot `{}` counted twice", c.substance, c.lot)));
+        }
+        let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &c.lot };
+        writes.push((key::count(&h), CountView { quantity: q, entry: ctx.index, at_ms: ctx.now_ms }));
+    }
+    for (k, c) in writes {
+        v.put(k, &c);
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The derived views and their keys: what the writer reads while validating and writes after
+//! each durable group. Every value here can be rebuilt from the log (`reindex`).
+//!
+//! Reads go through an overlay holding the current group's uncommitted changes, so a record can
+//! rely on an earlier record of the same group (a key registered, then used); if the group fails
+//! to become durable the overlay is dropped and nothing derived changed.
+
+use crate::crypto::KeyId;
+use crate::store::{Location, Position, StoreError, ViewBatch, ViewStore};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Key of the log position the views reflect.
+pub const META_POSITION: &[u8] = b"meta/position";
+/// Key of the ledger's identity (origin, ledger key, catalogue), from Genesis.
+pub const META_GENESIS: &[u8] = b"meta/genesis";
+
+/// A registered key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub public_key: [u8; 32],
+    /// `pb::Role` as i32.
+    pub role: i32,
+    /// Credit code, for enterprise keys.
+    pub enterprise: String,
+    /// Jurisdiction code prefix, for regulator and inspector keys.
+    pub jurisdiction: String,
+    /// `pb::Agency` as i32, for regulator keys.
+    pub agency: i32,
+    pub holder: String,
+    pub not_before_ms: u64,
+    /// 0 = open-ended.
+    pub not_after_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+    pub revoked_by_entry: Option<u64>,
+    pub registered_by_entry: u64,
+}
+
+/// Where a signer's chain stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Head {
+    pub next_seq: u64,
+    pub prev_body_hash: [u8; 32],
+    pub last_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenceView {
+    pub licence_no: String,
+    pub category: i32,
+    pub activities: Vec<i32>,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteView {
+    pub site_id: String,
+    pub name: String,
+    pub address: String,
+}
+
+/// An enrolled enterprise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnterpriseView {
+    pub credit_code: String,
+    pub name: String,
+    pub jurisdiction: String,
+    pub licences: Vec<LicenceView>,
+    pub sites: Vec<SiteView>,
+    pub enrolled_by_entry: u64,
+    pub amended_by_entry: Vec<u64>,
+}
+
+impl EnterpriseView {
+    pub fn has_site(&self, site: &str) -> bool {
+        self.sites.iter().any(|s| s.site_id == site)
+    }
+}
+
+/// A lot: where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotView {
+    pub substance: String,
+    /// Enterprise that created the lot (producer, importer, or receiver that re-lotted it).
+    pub created_by: String,
+    pub created_by_entry: u64,
+    /// For a lot created on receipt: the lot it was received from.
+    pub derived_from: Option<String>,
+}
+
+/// A shipment, open until received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipmentView {
+    pub ship_entry: u64,
+    pub from_enterprise: String,
+    pub from_site: String,
+    pub to_enterprise: String,
+    pub to_site: String,
+    pub substance: String,
+    pub lot: String,
+    pub quantity: u64,
+    pub shipped_at_ms: u64,
+    pub expected_delivery_ms: u64,
+    pub received: Option<ReceivedView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedView {
+    pub receive_entry: u64,
+    pub site: String,
+    pub lot: String,
+    pub quantity: u64,
+    pub at_ms: u64,
+}
+
+/// The latest signed physical count for a holding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountView {
+    pub quantity: u64,
+    pub entry: u64,
+    pub at_ms: u64,
+}
+
+/// The ledger's identity, fixed by Genesis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenesisView {
+    pub origin: String,
+    pub ledger_key: KeyId,
+    pub ledger_public_key: [u8; 32],
+    pub catalogue_version: String,
+    pub catalogue_digest: [u8; 32],
+}
+
+/// An entry's place in the segments and its leaf hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub location: Location,
+    pub leaf_hash: [u8; 32],
+}
+
+/// A holding: enterprise × site × substance × lot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holding<'a> {
+    pub enterprise: &'a str,
+    pub site: &'a str,
+    pub substance: &'a str,
+    pub lot: &'a str,
+}
+
+fn holding_key(prefix: &[u8], h: &Holding<'_>) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for part in [h.enterprise, h.site, h.substance, h.lot] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+/// View keys. Strings are NUL-terminated (ingest refuses NUL in identifiers).
+pub mod key {
+    use super::*;
+    pub fn key(id: &KeyId) -> Vec<u8> {
+        [b"k/".as_slice(), &id.0].concat()
+    }
+    pub fn head(id: &KeyId) -> Vec<u8> {
+        [b"h/".as_slice(), &id.0].concat()
+    }
+    pub fn signer_seq(id: &KeyId, seq: u64) -> Vec<u8> {
+        [b"q/".as_slice(), &id.0, &seq.to_be_bytes()].concat()
+    }
+    pub fn enterprise(code: &str) -> Vec<u8> {
+        [b"e/".as_slice(), code.as_bytes()].concat()
+    }
+    pub fn lot(lot: &str) -> Vec<u8> {
+        [b"l/".as_slice(), lot.as_bytes()].concat()
+    }
+    pub fn shipment(ship_entry: u64) -> Vec<u8> {
+        [b"s/".as_slice(), &ship_entry.to_be_bytes()].concat()
+    }
+    pub fn balance(h: &Holding<'_>) -> Vec<u8> {
+        holding_key(b"b/", h)
+    }
+    pub fn count(h: &Holding<'_>) -> Vec<u8> {
+        holding_key(b"c/", h)
+    }
+    pub fn entry(index: u64) -> Vec<u8> {
+        [b"x/".as_slice(), &index.to_be_bytes()].concat()
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // INVARIANT: postcard serializes these plain structs into a Vec without error.
+    postcard::to_allocvec(v).expect("postcard encodes view values")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        StoreError::Views(format!(
+            "view value at {} does not decode: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// Typed access to the views through the current group's overlay.
+pub struct Views<'s> {
+    store: &'s dyn ViewStore,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl<'s> Views<'s> {
+    pub fn new(store: &'s dyn ViewStore) -> Self {
+        Views {
+            store,
+            overlay: BTreeMap::new(),
+        }
+    }
+
+    pub fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.raw_get(key)? {
+            Some(b) => decode(key, &b).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.overlay.insert(key, Some(encode(value)));
+    }
+
+    pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.overlay.is_empty()
+    }
+
+    /// The overlay as a batch, with the log position it brings the views to.
+    pub fn into_batch(self, position: &Position) -> ViewBatch {
+        let mut batch: ViewBatch = self.overlay.into_iter().collect();
+        batch.push((META_POSITION.to_vec(), Some(encode(position))));
+        batch
+    }
+
+    pub fn balance(&self, h: &Holding<'_>) -> Result<u64, StoreError> {
+        Ok(self.get::<u64>(&key::balance(h))?.unwrap_or(0))
+    }
+}

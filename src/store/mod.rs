@@ -1,0 +1,216 @@
+//! Storage: the append-only segment log (the truth) and the view store (a cache of the log).
+//!
+//! The view store is a narrow key-value trait so another engine can take sled's place; sled is
+//! the production implementation and an in-memory map serves tests. Everything in it is derived
+//! from the log and is written after the log is durable, together with the log position it
+//! reflects, in one atomic batch.
+
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use segment::{Location, Position, Recovery, SegmentLog, SegmentReader};
+
+/// Storage errors: corruption and I/O kept apart from each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("data loss: {what}")]
+    DataLoss { what: String },
+    #[error("{op} {path}: {reason}")]
+    Io {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("view store: {0}")]
+    Views(String),
+}
+
+/// A batch of view changes: key → new value (`None` deletes).
+pub type ViewBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The derived-state store.
+pub trait ViewStore: Send {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All keys with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    /// Applies a batch atomically.
+    fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
+    /// Removes everything.
+    fn clear(&self) -> Result<(), StoreError>;
+    /// Asks the engine to write its buffers out (not a durability promise; see DESIGN §7).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// In-memory view store for tests.
+#[derive(Default)]
+pub struct MemoryViews {
+    map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl ViewStore for MemoryViews {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+        Ok(m.get(key).cloned())
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+        Ok(m.range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let mut m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+        for (k, v) in batch {
+            match v {
+                Some(v) => m.insert(k, v),
+                None => m.remove(&k),
+            };
+        }
+        Ok(())
+    }
+    fn clear(&self) -> Result<(), StoreError> {
+        self.map
+            .lock()
+            .map_err(|_| StoreError::Views("poisoned".into()))?
+            .clear();
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// sled-backed view store: one tree, so each batch is atomic.
+pub struct SledViews {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::Views(e.to_string())
+}
+
+impl SledViews {
+    /// Opens sled in `dir`. A kill during `sled::open` can leave a partial
+    /// `snap.*.generating` file after which every open fails (sled #1527/#1533); such files are
+    /// removed and the open retried. If sled still refuses, the caller rebuilds it from the log.
+    pub fn open(dir: &Path) -> Result<SledViews, StoreError> {
+        match Self::open_once(dir) {
+            Ok(v) => Ok(v),
+            Err(first) => {
+                let removed = remove_partial_snapshots(dir);
+                if removed.is_empty() {
+                    return Err(first);
+                }
+                tracing::warn!(?removed, "removed partial sled snapshot files");
+                Self::open_once(dir)
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<SledViews, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(sled_err)?;
+        let tree = db.open_tree("views").map_err(sled_err)?;
+        Ok(SledViews { db, tree })
+    }
+}
+
+/// Removes `snap.*.generating` files left by an interrupted sled open.
+pub fn remove_partial_snapshots(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().to_string();
+            if name.starts_with("snap.")
+                && name.ends_with(".generating")
+                && std::fs::remove_file(ent.path()).is_ok()
+            {
+                removed.push(ent.path());
+            }
+        }
+    }
+    removed
+}
+
+impl ViewStore for SledViews {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
+            .collect()
+    }
+    fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b).map_err(sled_err)
+    }
+    fn clear(&self) -> Result<(), StoreError> {
+        self.tree.clear().map_err(sled_err)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(sled_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The conformance suite every view store passes.
+    fn conformance(v: &dyn ViewStore) {
+        v.apply(vec![
+            (b"a/1".to_vec(), Some(b"x".to_vec())),
+            (b"a/2".to_vec(), Some(b"y".to_vec())),
+            (b"b/1".to_vec(), Some(b"z".to_vec())),
+        ])
+        .unwrap();
+        assert_eq!(v.get(b"a/1").unwrap(), Some(b"x".to_vec()));
+        let a = v.scan_prefix(b"a/").unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1], (b"a/2".to_vec(), b"y".to_vec()));
+        v.apply(vec![(b"a/1".to_vec(), None)]).unwrap();
+        assert_eq!(v.get(b"a/1").unwrap(), None);
+        v.clear().unwrap();
+        assert!(v.scan_prefix(b"").unwrap().is_empty());
+        v.flush().unwrap();
+    }
+
+    #[test]
+    fn memory_views_conform() {
+        conformance(&MemoryViews::default());
+    }
+
+    #[test]
+    fn sled_views_conform_and_survive_a_partial_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let v = SledViews::open(dir.path()).unwrap();
+            conformance(&v);
+            v.apply(vec![(b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
+            v.flush().unwrap();
+        }
+        // What a kill during sled::open leaves behind.
+        std::fs::write(dir.path().join("snap.0000000000000001.generating"), b"partial").unwrap();
+        let v = SledViews::open(dir.path()).unwrap();
+        assert_eq!(v.get(b"k").unwrap(), Some(b"v".to_vec()));
+        assert!(!dir.path().join("snap.0000000000000001.generating").exists());
+    }
+}

@@ -1,0 +1,382 @@
+//! The ledger's own append-only segment files: the source of truth.
+//!
+//! Each segment file `seg-<first index, 20 digits>.tzl` holds frames
+//! `u32 BE leaf length || leaf bytes || 32-byte leaf hash`. A group of frames is written with one
+//! `write` and made durable with one `fdatasync` before any receipt for it is sent.
+//!
+//! On open every frame is checked: its hash, its index (consecutive) and its `prev_leaf_hash`
+//! (the chain). Damage at the end of the last segment that can only be an unfinished write — a
+//! frame cut short by the end of the file, or a run of zero bytes to the end of the file (space
+//! allocated, data never written) — is a torn tail: never acknowledged, so it is cut. Anything
+//! else is data loss, reported with the segment, offset and index, never skipped.
+
+use super::StoreError;
+use crate::codec::{check_frame, frame_into, leaf_hash, FrameError};
+pub use crate::codec::FRAME_OVERHEAD_U64 as FRAME_OVERHEAD;
+use crate::merkle::Hash;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+
+/// Where an entry's frame lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Location {
+    /// First index of the segment (its file name).
+    pub segment: u64,
+    /// Byte offset of the frame in the segment.
+    pub offset: u64,
+    /// Length of the leaf bytes.
+    pub len: u32,
+}
+
+/// An entry found while scanning.
+pub struct Scanned<'a> {
+    pub index: u64,
+    pub leaf: &'a [u8],
+    pub hash: Hash,
+    pub location: Location,
+}
+
+/// The point a scan starts from: the first entry not yet known, and the hash before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Number of entries before this point.
+    pub entries: u64,
+    /// Leaf hash of entry `entries - 1` (zeros when `entries` is 0).
+    pub last_hash: Hash,
+    /// Segment and offset where entry `entries` begins.
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    pub const START: Position = Position {
+        entries: 0,
+        last_hash: [0; 32],
+        segment: 0,
+        offset: 0,
+    };
+}
+
+/// What opening the log found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Bytes of torn tail cut from the last segment.
+    pub torn_bytes_cut: u64,
+    /// Entries scanned (from the start position on).
+    pub scanned: u64,
+}
+
+/// The append-only log.
+pub struct SegmentLog {
+    dir: PathBuf,
+    max_segment_bytes: u64,
+    /// First index of each segment, ascending; the last is open for appends.
+    segments: Vec<u64>,
+    active: File,
+    active_len: u64,
+    end: Position,
+    readers: Arc<RwLock<Vec<(u64, Arc<File>)>>>,
+}
+
+fn seg_name(first: u64) -> String {
+    format!("seg-{first:020}.tzl")
+}
+
+fn io(op: &'static str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        op,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for ent in fs::read_dir(dir).map_err(|e| io("read dir", dir, e))? {
+        let ent = ent.map_err(|e| io("read dir", dir, e))?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if let Some(num) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".tzl")) {
+            let first = num.parse::<u64>().map_err(|_| StoreError::DataLoss {
+                what: format!("segment file name `{name}` is not seg-<20 digits>.tzl"),
+            })?;
+            out.push(first);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("fsync dir", dir, e))
+}
+
+impl SegmentLog {
+    /// Opens (or creates) the log in `dir`, checks every frame after `from`, calls `visit` for
+    /// each, cuts a torn tail, and refuses damage with `DataLoss`.
+    pub fn open(
+        dir: &Path,
+        max_segment_bytes: u64,
+        from: Position,
+        mut visit: impl FnMut(Scanned<'_>) -> Result<(), StoreError>,
+    ) -> Result<(SegmentLog, Recovery), StoreError> {
+        fs::create_dir_all(dir).map_err(|e| io("create dir", dir, e))?;
+        let mut segments = list_segments(dir)?;
+        if segments.is_empty() {
+            if from.entries != 0 {
+                return Err(StoreError::DataLoss {
+                    what: format!(
+                        "no segment files, but {} entries were recorded as durable",
+                        from.entries
+                    ),
+                });
+            }
+            let path = dir.join(seg_name(0));
+            File::create(&path).map_err(|e| io("create", &path, e))?;
+            sync_dir(dir)?;
+            segments.push(0);
+        }
+        if segments[0] != 0 {
+            return Err(StoreError::DataLoss {
+                what: format!("the first segment starts at index {}, not 0", segments[0]),
+            });
+        }
+        let start_seg = segments
+            .iter()
+            .position(|&s| s == from.segment)
+            .ok_or_else(|| StoreError::DataLoss {
+                what: format!("segment {} recorded as durable is missing", from.segment),
+            })?;
+        let mut pos = from;
+        let mut torn_bytes_cut = 0;
+        let mut scanned = 0;
+        for (i, &first) in segments.iter().enumerate().skip(start_seg) {
+            let last = i + 1 == segments.len();
+            let path = dir.join(seg_name(first));
+            let data = fs::read(&path).map_err(|e| io("read", &path, e))?;
+            if first != pos.entries {
+                return Err(StoreError::DataLoss {
+                    what: format!(
+                        "segment {} starts at index {first}, but the previous segments end at {}",
+                        path.display(),
+                        pos.entries
+                    ),
+                });
+            }
+            let mut off = if first == from.segment { from.offset } else { 0 } as usize;
+            if off > data.len() {
+                return Err(StoreError::DataLoss {
+                    what: format!(
+                        "{} is {} bytes, shorter than its durable length {off}",
+                        path.display(),
+                        data.len()
+                    ),
+                });
+            }
+            while off < data.len() {
+                match check_frame(&data, off, pos.entries, &pos.last_hash) {
+                    Ok((leaf, hash)) => {
+                        let len = leaf.len();
+                        visit(Scanned {
+                            index: pos.entries,
+                            leaf,
+                            hash,
+                            location: Location {
+                                segment: first,
+                                offset: off as u64,
+                                len: len as u32,
+                            },
+                        })?;
+                        off += len + FRAME_OVERHEAD as usize;
+                        pos.entries += 1;
+                        pos.last_hash = hash;
+                        scanned += 1;
+                    }
+                    Err(FrameError::Incomplete) if last => {
+                        torn_bytes_cut = (data.len() - off) as u64;
+                        break;
+                    }
+                    Err(FrameError::Damaged(_)) if last && data[off..].iter().all(|&b| b == 0) => {
+                        torn_bytes_cut = (data.len() - off) as u64;
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(StoreError::DataLoss {
+                            what: format!(
+                                "{} at offset {off} (entry {}): {}",
+                                path.display(),
+                                pos.entries,
+                                e.describe()
+                            ),
+                        })
+                    }
+                }
+            }
+            pos.segment = first;
+            pos.offset = off as u64;
+            if last && torn_bytes_cut > 0 {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io("open", &path, e))?;
+                f.set_len(off as u64).map_err(|e| io("truncate", &path, e))?;
+                f.sync_all().map_err(|e| io("fsync", &path, e))?;
+                tracing::warn!(segment = %path.display(), offset = off, bytes = torn_bytes_cut, "cut torn tail");
+            }
+        }
+        let active_first = *segments.last().unwrap_or(&0);
+        let path = dir.join(seg_name(active_first));
+        let active = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("open", &path, e))?;
+        let active_len = pos.offset;
+        let log = SegmentLog {
+            dir: dir.to_path_buf(),
+            max_segment_bytes,
+            segments,
+            active,
+            active_len,
+            end: pos,
+            readers: Arc::new(RwLock::new(Vec::new())),
+        };
+        Ok((
+            log,
+            Recovery {
+                torn_bytes_cut,
+                scanned,
+            },
+        ))
+    }
+
+    /// The position after the last entry.
+    pub fn end(&self) -> Position {
+        self.end
+    }
+
+    /// Appends framed leaves (each with its hash) and fdatasyncs before returning their
+    /// locations. On error nothing of the group is acknowledged; the caller reloads from disk
+    /// (a part written to an earlier segment before a roll may survive, valid but unacknowledged,
+    /// and a retry of it then returns its receipt).
+    pub fn append(&mut self, leaves: &[(Vec<u8>, Hash)]) -> Result<Vec<Location>, StoreError> {
+        let mut locations = Vec::with_capacity(leaves.len());
+        let mut buf = Vec::new();
+        let mut pos = self.end;
+        for (leaf, hash) in leaves {
+            let frame_len = leaf.len() as u64 + FRAME_OVERHEAD;
+            let cur = self.active_len + buf.len() as u64;
+            if cur > 0 && cur + frame_len > self.max_segment_bytes {
+                self.write_sync(&buf)?;
+                buf.clear();
+                self.roll(pos.entries)?;
+                pos.segment = pos.entries;
+            }
+            locations.push(Location {
+                segment: pos.segment,
+                offset: self.active_len + buf.len() as u64,
+                len: leaf.len() as u32,
+            });
+            frame_into(&mut buf, leaf, hash);
+            pos.entries += 1;
+            pos.last_hash = *hash;
+        }
+        self.write_sync(&buf)?;
+        pos.offset = self.active_len;
+        self.end = pos;
+        Ok(locations)
+    }
+
+    fn write_sync(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(seg_name(*self.segments.last().unwrap_or(&0)));
+        let res = self
+            .active
+            .write_all(buf)
+            .and_then(|_| self.active.sync_data());
+        if let Err(e) = res {
+            // Cut back whatever part of the group reached the file: it is not acknowledged.
+            let _ = self.active.set_len(self.active_len);
+            return Err(io("append", &path, e));
+        }
+        self.active_len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn roll(&mut self, first: u64) -> Result<(), StoreError> {
+        let path = self.dir.join(seg_name(first));
+        let f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("create", &path, e))?;
+        sync_dir(&self.dir)?;
+        self.segments.push(first);
+        self.active = f;
+        self.active_len = 0;
+        Ok(())
+    }
+
+    /// A handle that reads frames concurrently with appends.
+    pub fn reader(&self) -> SegmentReader {
+        SegmentReader {
+            dir: self.dir.clone(),
+            files: self.readers.clone(),
+        }
+    }
+}
+
+/// Reads leaves by location; cheap to clone and share across threads.
+#[derive(Clone)]
+pub struct SegmentReader {
+    dir: PathBuf,
+    files: Arc<RwLock<Vec<(u64, Arc<File>)>>>,
+}
+
+impl SegmentReader {
+    fn file(&self, segment: u64) -> Result<Arc<File>, StoreError> {
+        if let Ok(files) = self.files.read() {
+            if let Some((_, f)) = files.iter().find(|(s, _)| *s == segment) {
+                return Ok(f.clone());
+            }
+        }
+        let path = self.dir.join(seg_name(segment));
+        let f = Arc::new(File::open(&path).map_err(|e| io("open", &path, e))?);
+        if let Ok(mut files) = self.files.write() {
+            files.push((segment, f.clone()));
+        }
+        Ok(f)
+    }
+
+    /// Reads the leaf at `loc`, checking its frame hash.
+    pub fn read(&self, loc: Location) -> Result<(Vec<u8>, Hash), StoreError> {
+        let f = self.file(loc.segment)?;
+        let mut buf = vec![0u8; loc.len as usize + FRAME_OVERHEAD as usize];
+        f.read_exact_at(&mut buf, loc.offset).map_err(|e| StoreError::Io {
+            op: "read",
+            path: self.dir.join(seg_name(loc.segment)).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let stored_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let leaf = buf[4..4 + loc.len as usize].to_vec();
+        let mut stored = [0u8; 32];
+        stored.copy_from_slice(&buf[4 + loc.len as usize..]);
+        if stored_len != loc.len || leaf_hash(&leaf) != stored {
+            return Err(StoreError::DataLoss {
+                what: format!(
+                    "segment {} offset {}: frame does not match its hash",
+                    loc.segment, loc.offset
+                ),
+            });
+        }
+        Ok((leaf, stored))
+    }
+}
+

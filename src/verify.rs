@@ -1,0 +1,216 @@
+//! Offline verification: a receipt against its checkpoint, and a whole export against a
+//! checkpoint, with nothing but the ledger's public key. Pure: callers read the files.
+//!
+//! An export is the framed entries `u32 BE len || leaf || leaf_hash` from index 0. Verifying it
+//! checks every frame hash, index and chain link, rebuilds the Merkle tree, compares its root at
+//! the checkpoint's size, and replays the key registry from the log itself (Genesis,
+//! RegisterAuthority, RegisterKey, RevokeKey) to check every signature and cosignature with
+//! `verify_strict`, and every signer chain (`signer_seq`, `signer_prev`).
+
+use crate::checkpoint::{open_checkpoint, Checkpoint, NoteVerifier};
+use crate::codec::{self, scan_frames, Cosig, Leaf};
+use crate::crypto::{self, KeyId};
+use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
+use crate::pb::record_body::Payload;
+use ed25519_dalek::VerifyingKey;
+use std::collections::HashMap;
+
+/// Why verification failed; every variant says where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("receipt: {0}")]
+    Receipt(String),
+    #[error("export: {0}")]
+    Export(String),
+    #[error("entry {index}: {what}")]
+    Entry { index: u64, what: String },
+}
+
+/// The parts of a receipt needed offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptParts {
+    pub index: u64,
+    pub leaf_hash: Hash,
+    pub integrated_time_ms: u64,
+    pub prev_leaf_hash: Hash,
+    pub checkpoint: String,
+    pub tree_size: u64,
+    pub inclusion_proof: Vec<Hash>,
+}
+
+/// Opens a checkpoint note signed by the ledger key (note name = origin).
+pub fn open_ledger_checkpoint(note: &str, ledger_key: &VerifyingKey) -> Result<Checkpoint, VerifyError> {
+    let origin = note.lines().next().unwrap_or("");
+    let verifier = NoteVerifier::new(origin, *ledger_key).map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
+    open_checkpoint(note, &verifier)
+        .map(|(cp, _)| cp)
+        .map_err(|e| VerifyError::Checkpoint(e.to_string()))
+}
+
+/// Verifies that a signed record is entry `receipt.index` of the ledger whose key signed the
+/// receipt's checkpoint: rebuilds the leaf, checks its hash and the inclusion proof.
+pub fn verify_receipt(
+    body: &[u8],
+    signature: &[u8; 64],
+    cosignatures: &[Cosig],
+    receipt: &ReceiptParts,
+    ledger_key: &VerifyingKey,
+) -> Result<Checkpoint, VerifyError> {
+    let cp = open_ledger_checkpoint(&receipt.checkpoint, ledger_key)?;
+    if cp.size != receipt.tree_size {
+        return Err(VerifyError::Receipt(format!(
+            "tree_size {} differs from the checkpoint's size {}",
+            receipt.tree_size, cp.size
+        )));
+    }
+    let leaf = Leaf {
+        index: receipt.index,
+        integrated_time_ms: receipt.integrated_time_ms,
+        prev_leaf_hash: receipt.prev_leaf_hash,
+        body: body.to_vec(),
+        signature: *signature,
+        cosignatures: cosignatures.to_vec(),
+    };
+    if leaf.hash() != receipt.leaf_hash {
+        return Err(VerifyError::Receipt("the record does not hash to the receipt's leaf_hash".into()));
+    }
+    let decoded = codec::decode_body(body).map_err(|e| VerifyError::Receipt(e.to_string()))?;
+    if decoded.ledger_origin != cp.origin {
+        return Err(VerifyError::Receipt(format!(
+            "the record names ledger `{}`, the checkpoint is `{}`",
+            decoded.ledger_origin, cp.origin
+        )));
+    }
+    merkle::verify_inclusion::<Blake3Hasher, _>(
+        receipt.index,
+        cp.size,
+        &receipt.leaf_hash,
+        &receipt.inclusion_proof,
+        &cp.root,
+    )
+    .map_err(|e| VerifyError::Receipt(format!("inclusion proof: {e}")))?;
+    Ok(cp)
+}
+
+/// What verifying an export found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportReport {
+    pub entries: u64,
+    pub checkpoint_size: u64,
+    pub root: Hash,
+    pub signatures_checked: u64,
+    pub keys: usize,
+}
+
+struct KeyState {
+    key: VerifyingKey,
+    next_seq: u64,
+    prev: Hash,
+    revoked_at_ms: Option<u64>,
+}
+
+/// Verifies an export (framed entries from index 0) against a checkpoint signed by the ledger key.
+/// The export must hold at least the checkpoint's entries; entries beyond it are checked for
+/// chain and signatures but are not covered by the checkpoint.
+pub fn verify_export(data: &[u8], checkpoint_note: &str, ledger_key: &VerifyingKey) -> Result<ExportReport, VerifyError> {
+    let cp = open_ledger_checkpoint(checkpoint_note, ledger_key)?;
+    let mut tree = MemoryTree::<Blake3Hasher>::new();
+    let mut keys: HashMap<KeyId, KeyState> = HashMap::new();
+    let mut sigs = 0u64;
+    let mut root_at_cp = if cp.size == 0 { Some(tree.root()) } else { None };
+    let ledger_id = KeyId::of(ledger_key);
+    scan_frames(data, 0, [0; 32], |index, leaf_bytes, hash| {
+        let leaf = Leaf::decode(leaf_bytes).map_err(|e| format!("entry {index}: {e}"))?;
+        check_entry(index, &leaf, &cp.origin, &ledger_id, ledger_key, &mut keys)
+            .map_err(|w| format!("entry {index}: {w}"))?;
+        sigs += 1 + leaf.cosignatures.len() as u64;
+        tree.push(hash);
+        if tree.size() == cp.size {
+            root_at_cp = Some(tree.root());
+        }
+        Ok(())
+    })
+    .map_err(VerifyError::Export)?;
+    let Some(root) = root_at_cp else {
+        return Err(VerifyError::Export(format!(
+            "the export holds {} entries, fewer than the checkpoint's {}",
+            tree.size(),
+            cp.size
+        )));
+    };
+    if root != cp.root {
+        return Err(VerifyError::Export(format!(
+            "the root of the first {} entries differs from the checkpoint's root",
+            cp.size
+        )));
+    }
+    Ok(ExportReport { entries: tree.size(), checkpoint_size: cp.size, root, signatures_checked: sigs, keys: keys.len() })
+}
+
+fn check_entry(
+    index: u64,
+    leaf: &Leaf,
+    origin: &str,
+    ledger_id: &KeyId,
+    ledger_key: &VerifyingKey,
+    keys: &mut HashMap<KeyId, KeyState>,
+) -> Result<(), String> {
+    let body = codec::decode_body(&leaf.body).map_err(|e| e.to_string())?;
+    if body.ledger_origin != origin {
+        return Err(format!("ledger_origin `{}` is not `{origin}`", body.ledger_origin));
+    }
+    let signer = KeyId::from_slice("signer", &body.signer).map_err(|e| e.to_string())?;
+    let payload = body.payload.as_ref().ok_or("no payload")?;
+    if index == 0 {
+        let Payload::Genesis(g) = payload else {
+            return Err("entry 0 is not genesis".into());
+        };
+        if signer != *ledger_id || g.ledger_public_key != ledger_key.as_bytes() {
+            return Err("genesis is not signed by the checkpoint's ledger key".into());
+        }
+        keys.insert(signer, KeyState { key: *ledger_key, next_seq: 0, prev: [0; 32], revoked_at_ms: None });
+        for a in &g.root_regulators {
+            add_key(keys, &a.public_key)?;
+        }
+    }
+    let st = keys.get_mut(&signer).ok_or_else(|| format!("signer {signer} is not registered before this entry"))?;
+    if st.revoked_at_ms.is_some_and(|t| t <= leaf.integrated_time_ms) {
+        return Err(format!("signer {signer} was revoked"));
+    }
+    if body.signer_seq != st.next_seq || body.signer_prev.as_slice() != st.prev {
+        return Err(format!("signer {signer} chain broken at seq {} (expected {})", body.signer_seq, st.next_seq));
+    }
+    crypto::verify_record(&st.key, &leaf.body, &leaf.signature).map_err(|e| e.to_string())?;
+    st.next_seq += 1;
+    st.prev = crypto::body_hash(&leaf.body);
+    for c in &leaf.cosignatures {
+        let ck = keys.get(&c.key_id).ok_or_else(|| format!("cosigner {} is not registered", c.key_id))?;
+        crypto::verify_cosignature(&ck.key, &leaf.body, &c.signature).map_err(|e| e.to_string())?;
+    }
+    match payload {
+        Payload::RegisterAuthority(p) => {
+            if let Some(a) = &p.authority {
+                add_key(keys, &a.public_key)?;
+            }
+        }
+        Payload::RegisterKey(p) => add_key(keys, &p.public_key)?,
+        Payload::RevokeKey(p) => {
+            let id = KeyId::from_slice("key_id", &p.key_id).map_err(|e| e.to_string())?;
+            if let Some(k) = keys.get_mut(&id) {
+                k.revoked_at_ms = Some(leaf.integrated_time_ms);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn add_key(keys: &mut HashMap<KeyId, KeyState>, pk: &[u8]) -> Result<(), String> {
+    let vk = crypto::parse_public_key("public_key", pk).map_err(|e| e.to_string())?;
+    keys.entry(KeyId::of(&vk))
+        .or_insert(KeyState { key: vk, next_seq: 0, prev: [0; 32], revoked_at_ms: None });
+    Ok(())
+}
