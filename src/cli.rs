@@ -19,7 +19,11 @@ use taizhang::verify::{self, ReceiptParts};
 const DEV_ORIGIN: &str = "taizhang.dev/ledger";
 
 #[derive(Parser)]
-#[command(name = "taizhang", version, about = "Tamper-evident ledger for precursor chemicals and controlled drugs (台账)")]
+#[command(
+    name = "taizhang",
+    version,
+    about = "Tamper-evident ledger for precursor chemicals and controlled drugs (台账)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -152,9 +156,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Keygen { path } => keygen(&path),
         Cmd::Serve { ledger, listen } => serve(ledger, &listen),
-        Cmd::Submit { file, key, server, receipts } => runtime()?.block_on(submit(&file, &key, &server, receipts.as_deref())),
+        Cmd::Submit {
+            file,
+            key,
+            server,
+            receipts,
+        } => runtime()?.block_on(submit(&file, &key, &server, receipts.as_deref())),
         Cmd::Verify { what } => verify_cmd(what),
-        Cmd::Export { server, out, checkpoint } => runtime()?.block_on(export(&server, &out, &checkpoint)),
+        Cmd::Export {
+            server,
+            out,
+            checkpoint,
+        } => runtime()?.block_on(export(&server, &out, &checkpoint)),
         Cmd::Reindex { ledger } => {
             let cfg = ledger_config(&ledger)?;
             let report = ledger::reindex(cfg).map_err(|e| anyhow!("{e}"))?;
@@ -166,7 +179,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn read_secret(path: &Path) -> Result<SigningKey> {
@@ -212,7 +227,8 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
     let mut ledger_key = a.ledger_key.clone();
     let mut roots = Vec::new();
     if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let c: ConfigFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
         if let Some(o) = c.origin {
             origin = o;
@@ -221,7 +237,8 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
             ledger_key = k;
         }
         for r in c.root_regulators {
-            let agency = pb::Agency::from_str_name(&r.agency).ok_or_else(|| anyhow!("{}: unknown agency {}", path.display(), r.agency))?;
+            let agency = pb::Agency::from_str_name(&r.agency)
+                .ok_or_else(|| anyhow!("{}: unknown agency {}", path.display(), r.agency))?;
             roots.push(pb::AuthorityKey {
                 public_key: read_public(&r.public_key)?.to_bytes().to_vec(),
                 name: r.name,
@@ -235,7 +252,10 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
         for p in &a.root_regulators {
             roots.push(pb::AuthorityKey {
                 public_key: read_public(p)?.to_bytes().to_vec(),
-                name: p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
+                name: p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
                 agency: pb::Agency::PublicSecurity as i32,
                 jurisdiction: String::new(),
                 validity: None,
@@ -257,14 +277,22 @@ fn serve(a: LedgerArgs, listen: &str) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async move {
         let (ledger, report) = Ledger::open(cfg).map_err(|e| anyhow!("{e}"))?;
-        tracing::info!(entries = report.entries, replayed = report.replayed, torn_bytes_cut = report.torn_bytes_cut, views_rebuilt = report.views_rebuilt, "ledger open");
+        tracing::info!(
+            entries = report.entries,
+            replayed = report.replayed,
+            torn_bytes_cut = report.torn_bytes_cut,
+            views_rebuilt = report.views_rebuilt,
+            "ledger open"
+        );
         let (listener, addr) = taizhang::api::bind(listen).await?;
         // The line tests and scripts wait for.
         println!("listening on {addr}");
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        taizhang::api::serve(ledger, listener, shutdown).await.map_err(|e| anyhow!("{e}"))?;
+        taizhang::api::serve(ledger, listener, shutdown)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -283,7 +311,8 @@ struct ReceiptLine {
 }
 
 fn load_records(file: &Path) -> Result<Vec<Payload>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let parsed: RecordsFile = if file.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).with_context(|| format!("{}", file.display()))?
     } else {
@@ -294,8 +323,10 @@ fn load_records(file: &Path) -> Result<Vec<Payload>> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let body: pb::RecordBody = serde_json::from_value(v).with_context(|| format!("{}: records[{i}]", file.display()))?;
-            body.payload.ok_or_else(|| anyhow!("{}: records[{i}] has no payload kind", file.display()))
+            let body: pb::RecordBody = serde_json::from_value(v)
+                .with_context(|| format!("{}: records[{i}]", file.display()))?;
+            body.payload
+                .ok_or_else(|| anyhow!("{}: records[{i}] has no payload kind", file.display()))
         })
         .collect()
 }
@@ -307,19 +338,42 @@ async fn connect(server: &str) -> Result<LedgerClient<tonic::transport::Channel>
         .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
-async fn signer_for(client: &mut LedgerClient<tonic::transport::Channel>, key: SigningKey) -> Result<RecordSigner> {
-    let cp = client.get_checkpoint(pb::GetCheckpointRequest {}).await?.into_inner();
+async fn signer_for(
+    client: &mut LedgerClient<tonic::transport::Channel>,
+    key: SigningKey,
+) -> Result<RecordSigner> {
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner();
     let id = KeyId::of(&key.verifying_key());
-    let head = client.get_signer_head(pb::GetSignerHeadRequest { key_id: id.0.to_vec() }).await?.into_inner();
-    let prev: [u8; 32] = head.prev_body_hash.as_slice().try_into().map_err(|_| anyhow!("server sent a bad signer head"))?;
+    let head = client
+        .get_signer_head(pb::GetSignerHeadRequest {
+            key_id: id.0.to_vec(),
+        })
+        .await?
+        .into_inner();
+    let prev: [u8; 32] = head
+        .prev_body_hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("server sent a bad signer head"))?;
     Ok(RecordSigner::new(key, &cp.origin).resume(head.next_seq, prev))
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-async fn submit(file: &Path, key: &Path, server: &str, receipts: Option<&Path>) -> Result<ExitCode> {
+async fn submit(
+    file: &Path,
+    key: &Path,
+    server: &str,
+    receipts: Option<&Path>,
+) -> Result<ExitCode> {
     let payloads = load_records(file)?;
     let key = read_secret(key)?;
     let mut client = connect(server).await?;
@@ -328,11 +382,28 @@ async fn submit(file: &Path, key: &Path, server: &str, receipts: Option<&Path>) 
     let mut failed = 0;
     for (i, p) in payloads.into_iter().enumerate() {
         let rec = signer.sign(p, now_ms());
-        match client.submit(pb::SubmitRequest { record: Some(rec.clone()) }).await {
+        match client
+            .submit(pb::SubmitRequest {
+                record: Some(rec.clone()),
+            })
+            .await
+        {
             Ok(r) => {
                 let r = r.into_inner();
-                println!("records[{i}]: entry {} leaf {}{}", r.index, hex::encode(&r.leaf_hash), if r.duplicate { " (already recorded)" } else { "" });
-                out.push(ReceiptLine { record: B64.encode(rec.encode_to_vec()), receipt: r });
+                println!(
+                    "records[{i}]: entry {} leaf {}{}",
+                    r.index,
+                    hex::encode(&r.leaf_hash),
+                    if r.duplicate {
+                        " (already recorded)"
+                    } else {
+                        ""
+                    }
+                );
+                out.push(ReceiptLine {
+                    record: B64.encode(rec.encode_to_vec()),
+                    receipt: r,
+                });
             }
             Err(s) => {
                 println!("records[{i}]: refused {:?}: {}", s.code(), s.message());
@@ -350,23 +421,36 @@ async fn submit(file: &Path, key: &Path, server: &str, receipts: Option<&Path>) 
         }
         std::fs::write(path, text)?;
     }
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn hash32(field: &str, b: &[u8]) -> Result<[u8; 32]> {
-    b.try_into().map_err(|_| anyhow!("{field}: expected 32 bytes"))
+    b.try_into()
+        .map_err(|_| anyhow!("{field}: expected 32 bytes"))
 }
 
 fn check_receipt_line(line: &ReceiptLine, ledger_key: &VerifyingKey) -> Result<u64> {
     let rec = pb::SignedRecord::decode(B64.decode(&line.record)?.as_slice())?;
-    let sig: [u8; 64] = rec.signature.as_slice().try_into().map_err(|_| anyhow!("record.signature: expected 64 bytes"))?;
+    let sig: [u8; 64] = rec
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow!("record.signature: expected 64 bytes"))?;
     let cosigs = rec
         .cosignatures
         .iter()
         .map(|c| {
             Ok(Cosig {
                 key_id: KeyId::from_slice("key_id", &c.key_id)?,
-                signature: c.signature.as_slice().try_into().map_err(|_| anyhow!("cosignature: expected 64 bytes"))?,
+                signature: c
+                    .signature
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| anyhow!("cosignature: expected 64 bytes"))?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -378,7 +462,11 @@ fn check_receipt_line(line: &ReceiptLine, ledger_key: &VerifyingKey) -> Result<u
         prev_leaf_hash: hash32("prev_leaf_hash", &r.prev_leaf_hash)?,
         checkpoint: r.checkpoint.clone(),
         tree_size: r.tree_size,
-        inclusion_proof: r.inclusion_proof.iter().map(|h| hash32("inclusion_proof", h)).collect::<Result<_>>()?,
+        inclusion_proof: r
+            .inclusion_proof
+            .iter()
+            .map(|h| hash32("inclusion_proof", h))
+            .collect::<Result<_>>()?,
     };
     verify::verify_receipt(&rec.body, &sig, &cosigs, &parts, ledger_key)?;
     Ok(r.index)
@@ -390,8 +478,14 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             let key = read_public(&ledger_key)?;
             let text = std::fs::read_to_string(&file)?;
             let mut bad = 0;
-            for (n, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let res = serde_json::from_str::<ReceiptLine>(l).map_err(anyhow::Error::from).and_then(|line| check_receipt_line(&line, &key));
+            for (n, l) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let res = serde_json::from_str::<ReceiptLine>(l)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|line| check_receipt_line(&line, &key));
                 match res {
                     Ok(i) => println!("line {}: entry {i}: ok", n + 1),
                     Err(e) => {
@@ -400,19 +494,35 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
                     }
                 }
             }
-            Ok(if bad > 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
+            Ok(if bad > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
-        VerifyCmd::Export { file, checkpoint, ledger_key } => {
+        VerifyCmd::Export {
+            file,
+            checkpoint,
+            ledger_key,
+        } => {
             let key = read_public(&ledger_key)?;
             let data = std::fs::read(&file)?;
             let note = std::fs::read_to_string(&checkpoint)?;
             report_export(verify::verify_export(&data, &note, &key))
         }
-        VerifyCmd::Data { dir, checkpoint, ledger_key } => {
+        VerifyCmd::Data {
+            dir,
+            checkpoint,
+            ledger_key,
+        } => {
             let key = read_public(&ledger_key)?;
             let note = std::fs::read_to_string(&checkpoint)?;
             let log = ledger::log_dir(&dir);
-            let mut names: Vec<PathBuf> = std::fs::read_dir(&log)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "tzl")).collect();
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&log)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "tzl"))
+                .collect();
             names.sort();
             let mut data = Vec::new();
             for n in names {
@@ -444,25 +554,45 @@ fn report_export(r: Result<verify::ExportReport, verify::VerifyError>) -> Result
 
 async fn export(server: &str, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
     let mut client = connect(server).await?;
-    let cp = client.get_checkpoint(pb::GetCheckpointRequest {}).await?.into_inner();
-    let mut stream = client.export_entries(pb::ExportEntriesRequest { from: 0, to: cp.size }).await?.into_inner();
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner();
+    let mut stream = client
+        .export_entries(pb::ExportEntriesRequest {
+            from: 0,
+            to: cp.size,
+        })
+        .await?
+        .into_inner();
     let mut data = Vec::new();
     let mut n = 0u64;
     while let Some(e) = stream.message().await? {
         if e.index != n {
             bail!("server sent entry {} where {n} was expected", e.index);
         }
-        data.extend(taizhang::codec::frame(&e.leaf, &hash32("leaf_hash", &e.leaf_hash)?));
+        data.extend(taizhang::codec::frame(
+            &e.leaf,
+            &hash32("leaf_hash", &e.leaf_hash)?,
+        ));
         n += 1;
     }
     std::fs::write(out, &data)?;
     std::fs::write(checkpoint, &cp.note)?;
-    println!("exported {n} entries to {}; checkpoint (size {}) to {}", out.display(), cp.size, checkpoint.display());
+    println!(
+        "exported {n} entries to {}; checkpoint (size {}) to {}",
+        out.display(),
+        cp.size,
+        checkpoint.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn credit_code(first17: &str) -> String {
-    format!("{first17}{}", credit_code_check_char(first17).unwrap_or('0'))
+    format!(
+        "{first17}{}",
+        credit_code_check_char(first17).unwrap_or('0')
+    )
 }
 
 async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
@@ -492,7 +622,10 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         let _ = stop_rx.await;
     }));
     let url = format!("http://{addr}");
-    println!("ledger {DEV_ORIGIN} serving on {url} (data in {})", dir.display());
+    println!(
+        "ledger {DEV_ORIGIN} serving on {url} (data in {})",
+        dir.display()
+    );
     let mut client = connect(&url).await?;
     let mut reg = signer_for(&mut client, regulator).await?;
     let origin = DEV_ORIGIN;
@@ -504,16 +637,54 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         activities: activities.iter().map(|a| *a as i32).collect(),
         validity: None,
     };
-    let site = |id: &str| pb::Site { site_id: id.into(), name: format!("{id} warehouse"), address: "Shenzhen".into() };
+    let site = |id: &str| pb::Site {
+        site_id: id.into(),
+        name: format!("{id} warehouse"),
+        address: "Shenzhen".into(),
+    };
     let producer_key = crypto::generate_key()?;
     let buyer_key = crypto::generate_key()?;
     let t = now_ms();
     let mut records = vec![
-        reg.sign(Payload::EnrolEnterprise(pb::EnrolEnterprise { credit_code: producer.clone(), name: "深圳示例制药有限公司".into(), jurisdiction: "440305".into(), licences: vec![licence("PL-2026-001", &[pb::Activity::Produce, pb::Activity::Sell])], sites: vec![site("plant-1")] }), t),
-        reg.sign(Payload::EnrolEnterprise(pb::EnrolEnterprise { credit_code: buyer.clone(), name: "示例医药经营有限公司".into(), jurisdiction: "440306".into(), licences: vec![licence("OL-2026-002", &[pb::Activity::Purchase, pb::Activity::Sell])], sites: vec![site("wh-1")] }), t),
+        reg.sign(
+            Payload::EnrolEnterprise(pb::EnrolEnterprise {
+                credit_code: producer.clone(),
+                name: "深圳示例制药有限公司".into(),
+                jurisdiction: "440305".into(),
+                licences: vec![licence(
+                    "PL-2026-001",
+                    &[pb::Activity::Produce, pb::Activity::Sell],
+                )],
+                sites: vec![site("plant-1")],
+            }),
+            t,
+        ),
+        reg.sign(
+            Payload::EnrolEnterprise(pb::EnrolEnterprise {
+                credit_code: buyer.clone(),
+                name: "示例医药经营有限公司".into(),
+                jurisdiction: "440306".into(),
+                licences: vec![licence(
+                    "OL-2026-002",
+                    &[pb::Activity::Purchase, pb::Activity::Sell],
+                )],
+                sites: vec![site("wh-1")],
+            }),
+            t,
+        ),
     ];
     for (k, ent) in [(&producer_key, &producer), (&buyer_key, &buyer)] {
-        records.push(reg.sign(Payload::RegisterKey(pb::RegisterKey { public_key: k.verifying_key().to_bytes().to_vec(), role: pb::Role::Enterprise as i32, enterprise: ent.clone(), jurisdiction: String::new(), holder: "ERP".into(), validity: None }), t));
+        records.push(reg.sign(
+            Payload::RegisterKey(pb::RegisterKey {
+                public_key: k.verifying_key().to_bytes().to_vec(),
+                role: pb::Role::Enterprise as i32,
+                enterprise: ent.clone(),
+                jurisdiction: String::new(),
+                holder: "ERP".into(),
+                validity: None,
+            }),
+            t,
+        ));
     }
     let mut total = 0;
     for r in records {
@@ -524,27 +695,96 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     let mut p = RecordSigner::new(producer_key, origin);
     let mut b = RecordSigner::new(buyer_key, origin);
     let eph = "299-42-3";
-    let r = client.submit(pb::SubmitRequest { record: Some(p.sign(Payload::Produce(pb::Produce { site_id: "plant-1".into(), substance: eph.into(), lot: "EPH-2026-0001".into(), quantity: Some(mg(25_000_000)) }), now_ms())) }).await?.into_inner();
-    println!("produce: 25 kg ephedrine lot EPH-2026-0001 -> entry {}", r.index);
+    let r = client
+        .submit(pb::SubmitRequest {
+            record: Some(p.sign(
+                Payload::Produce(pb::Produce {
+                    site_id: "plant-1".into(),
+                    substance: eph.into(),
+                    lot: "EPH-2026-0001".into(),
+                    quantity: Some(mg(25_000_000)),
+                }),
+                now_ms(),
+            )),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "produce: 25 kg ephedrine lot EPH-2026-0001 -> entry {}",
+        r.index
+    );
     let ship = client
-        .submit(pb::SubmitRequest { record: Some(p.sign(Payload::Ship(pb::Ship { site_id: "plant-1".into(), substance: eph.into(), lot: "EPH-2026-0001".into(), quantity: Some(mg(10_000_000)), consignee: buyer.clone(), consignee_site: "wh-1".into(), payment_method: "bank transfer".into(), ..Default::default() }), now_ms())) })
+        .submit(pb::SubmitRequest {
+            record: Some(p.sign(
+                Payload::Ship(pb::Ship {
+                    site_id: "plant-1".into(),
+                    substance: eph.into(),
+                    lot: "EPH-2026-0001".into(),
+                    quantity: Some(mg(10_000_000)),
+                    consignee: buyer.clone(),
+                    consignee_site: "wh-1".into(),
+                    payment_method: "bank transfer".into(),
+                    ..Default::default()
+                }),
+                now_ms(),
+            )),
+        })
         .await?
         .into_inner();
     println!("ship: 10 kg to {buyer} -> entry {}", ship.index);
     let recv = client
-        .submit(pb::SubmitRequest { record: Some(b.sign(Payload::Receive(pb::Receive { ship: Some(entry_ref(origin, ship.index, &ship.leaf_hash)), site_id: "wh-1".into(), quantity: Some(mg(9_999_000)), lot: String::new() }), now_ms())) })
+        .submit(pb::SubmitRequest {
+            record: Some(b.sign(
+                Payload::Receive(pb::Receive {
+                    ship: Some(entry_ref(origin, ship.index, &ship.leaf_hash)),
+                    site_id: "wh-1".into(),
+                    quantity: Some(mg(9_999_000)),
+                    lot: String::new(),
+                }),
+                now_ms(),
+            )),
+        })
         .await?
         .into_inner();
-    println!("receive: 9.999 kg (1 g short in transit) -> entry {}", recv.index);
+    println!(
+        "receive: 9.999 kg (1 g short in transit) -> entry {}",
+        recv.index
+    );
     let st = client
-        .submit(pb::SubmitRequest { record: Some(p.sign(Payload::StockTake(pb::StockTake { site_id: "plant-1".into(), counts: vec![pb::StockCount { substance: eph.into(), lot: "EPH-2026-0001".into(), quantity: Some(mg(15_000_000)) }] }), now_ms())) })
+        .submit(pb::SubmitRequest {
+            record: Some(p.sign(
+                Payload::StockTake(pb::StockTake {
+                    site_id: "plant-1".into(),
+                    counts: vec![pb::StockCount {
+                        substance: eph.into(),
+                        lot: "EPH-2026-0001".into(),
+                        quantity: Some(mg(15_000_000)),
+                    }],
+                }),
+                now_ms(),
+            )),
+        })
         .await?
         .into_inner();
     println!("stock take: 15 kg counted at plant-1 -> entry {}", st.index);
     total += 4;
     // A refused record: shipping more than the book holds.
     let over = client
-        .submit(pb::SubmitRequest { record: Some(p.sign(Payload::Ship(pb::Ship { site_id: "plant-1".into(), substance: eph.into(), lot: "EPH-2026-0001".into(), quantity: Some(mg(20_000_000)), consignee: buyer.clone(), consignee_site: "wh-1".into(), payment_method: "bank transfer".into(), ..Default::default() }), now_ms())) })
+        .submit(pb::SubmitRequest {
+            record: Some(p.sign(
+                Payload::Ship(pb::Ship {
+                    site_id: "plant-1".into(),
+                    substance: eph.into(),
+                    lot: "EPH-2026-0001".into(),
+                    quantity: Some(mg(20_000_000)),
+                    consignee: buyer.clone(),
+                    consignee_site: "wh-1".into(),
+                    payment_method: "bank transfer".into(),
+                    ..Default::default()
+                }),
+                now_ms(),
+            )),
+        })
         .await;
     match over {
         Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
@@ -555,7 +795,8 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     let out = tmp.path().join("export.tzl");
     let cpf = tmp.path().join("checkpoint.note");
     export(&url, &out, &cpf).await?;
-    let report = verify::verify_export(&std::fs::read(&out)?, &std::fs::read_to_string(&cpf)?, &key)?;
+    let report =
+        verify::verify_export(&std::fs::read(&out)?, &std::fs::read_to_string(&cpf)?, &key)?;
     println!(
         "verified offline: {} entries ({} submitted here + genesis), {} signatures, root {}",
         report.entries,

@@ -19,7 +19,13 @@ impl RecordSigner {
     /// A signer at the start of its chain (seq 0).
     pub fn new(key: SigningKey, origin: &str) -> Self {
         let id = KeyId::of(&key.verifying_key());
-        RecordSigner { key, id, origin: origin.to_string(), next_seq: 0, prev: [0; 32] }
+        RecordSigner {
+            key,
+            id,
+            origin: origin.to_string(),
+            next_seq: 0,
+            prev: [0; 32],
+        }
     }
 
     /// Resumes at a chain position (from `GetSignerHead`).
@@ -72,18 +78,29 @@ impl RecordSigner {
             .collect();
         self.next_seq += 1;
         self.prev = crypto::body_hash(&body);
-        pb::SignedRecord { body, signature, cosignatures }
+        pb::SignedRecord {
+            body,
+            signature,
+            cosignatures,
+        }
     }
 }
 
 /// A quantity in milligrams.
 pub fn mg(amount: u64) -> pb::Quantity {
-    pb::Quantity { amount, unit: pb::Unit::Milligram as i32 }
+    pb::Quantity {
+        amount,
+        unit: pb::Unit::Milligram as i32,
+    }
 }
 
 /// A reference to an entry of `origin`.
 pub fn entry_ref(origin: &str, index: u64, leaf_hash: &[u8]) -> pb::EntryRef {
-    pb::EntryRef { origin: origin.to_string(), index, leaf_hash: leaf_hash.to_vec() }
+    pb::EntryRef {
+        origin: origin.to_string(),
+        index,
+        leaf_hash: leaf_hash.to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +110,10 @@ mod tests {
     #[test]
     fn chain_advances_and_links_bodies() {
         let mut s = RecordSigner::new(SigningKey::from_bytes(&[1; 32]), "o");
-        let p = Payload::StockTake(pb::StockTake { site_id: "s".into(), counts: vec![] });
+        let p = Payload::StockTake(pb::StockTake {
+            site_id: "s".into(),
+            counts: vec![],
+        });
         let a = s.sign(p.clone(), 1);
         let b = s.sign(p, 2);
         let ba = codec::decode_body(&a.body).unwrap();

@@ -30,7 +30,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most cosignatures a record may carry.
 pub const MAX_COSIGNATURES: usize = 8;
 /// Largest encoded leaf: body, signature and cosignatures with their framing.
-pub const MAX_LEAF_BYTES: usize = 1 + 8 + 8 + 32 + 4 + MAX_BODY_BYTES + 4 + 64 + 4 + MAX_COSIGNATURES * (4 + 16 + 4 + 64);
+pub const MAX_LEAF_BYTES: usize =
+    1 + 8 + 8 + 32 + 4 + MAX_BODY_BYTES + 4 + 64 + 4 + MAX_COSIGNATURES * (4 + 16 + 4 + 64);
 
 /// Errors decoding a leaf or a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,10 +120,7 @@ impl Leaf {
         let mut cosignatures = Vec::with_capacity(count);
         for _ in 0..count {
             let key_id = KeyId(fixed::<16>("cosignatures.key_id", r.bytes("key_id", 16)?)?);
-            let signature = fixed::<64>(
-                "cosignatures.signature",
-                r.bytes("cosignature", 64)?,
-            )?;
+            let signature = fixed::<64>("cosignatures.signature", r.bytes("cosignature", 64)?)?;
             cosignatures.push(Cosig { key_id, signature });
         }
         if r.at != bytes.len() {
@@ -305,7 +303,10 @@ pub fn scan_frames(
     prev_hash: Hash,
     mut visit: impl FnMut(u64, &[u8], Hash) -> Result<(), String>,
 ) -> Result<(u64, Hash), String> {
-    let mut pos = ScanPos { entries: first_index, last_hash: prev_hash };
+    let mut pos = ScanPos {
+        entries: first_index,
+        last_hash: prev_hash,
+    };
     let mut off = 0usize;
     while off < data.len() {
         match check_frame(data, off, pos.entries, &pos.last_hash) {
@@ -379,7 +380,8 @@ mod tests {
     }
 
     // Cross-checked with Python `blake3`.
-    const GOLDEN_LEAF_HASH: &str = "2a30885cf6722d4e896aab074960b2dc94811d7292e5a74d64efb16d6ee40189";
+    const GOLDEN_LEAF_HASH: &str =
+        "2a30885cf6722d4e896aab074960b2dc94811d7292e5a74d64efb16d6ee40189";
 
     #[test]
     fn decode_refuses_trailing_truncated_and_oversize() {

@@ -38,7 +38,9 @@ pub enum CryptoError {
 }
 
 /// A key id: the first 16 bytes of `BLAKE3("taizhang/v1/key\n" || public_key)`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct KeyId(pub [u8; 16]);
 
 impl KeyId {
@@ -198,11 +200,14 @@ fn parse_key_line(text: &str, tag: &str, field: &'static str) -> Result<[u8; 32]
         field,
         reason: format!("not hex: {e}"),
     })?;
-    bytes.as_slice().try_into().map_err(|_| CryptoError::Length {
-        field,
-        expected: 32,
-        got: bytes.len(),
-    })
+    bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| CryptoError::Length {
+            field,
+            expected: 32,
+            got: bytes.len(),
+        })
 }
 
 /// Parses a secret key file's text.

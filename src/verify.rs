@@ -42,9 +42,13 @@ pub struct ReceiptParts {
 }
 
 /// Opens a checkpoint note signed by the ledger key (note name = origin).
-pub fn open_ledger_checkpoint(note: &str, ledger_key: &VerifyingKey) -> Result<Checkpoint, VerifyError> {
+pub fn open_ledger_checkpoint(
+    note: &str,
+    ledger_key: &VerifyingKey,
+) -> Result<Checkpoint, VerifyError> {
     let origin = note.lines().next().unwrap_or("");
-    let verifier = NoteVerifier::new(origin, *ledger_key).map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
+    let verifier = NoteVerifier::new(origin, *ledger_key)
+        .map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
     open_checkpoint(note, &verifier)
         .map(|(cp, _)| cp)
         .map_err(|e| VerifyError::Checkpoint(e.to_string()))
@@ -75,7 +79,9 @@ pub fn verify_receipt(
         cosignatures: cosignatures.to_vec(),
     };
     if leaf.hash() != receipt.leaf_hash {
-        return Err(VerifyError::Receipt("the record does not hash to the receipt's leaf_hash".into()));
+        return Err(VerifyError::Receipt(
+            "the record does not hash to the receipt's leaf_hash".into(),
+        ));
     }
     let decoded = codec::decode_body(body).map_err(|e| VerifyError::Receipt(e.to_string()))?;
     if decoded.ledger_origin != cp.origin {
@@ -115,12 +121,20 @@ struct KeyState {
 /// Verifies an export (framed entries from index 0) against a checkpoint signed by the ledger key.
 /// The export must hold at least the checkpoint's entries; entries beyond it are checked for
 /// chain and signatures but are not covered by the checkpoint.
-pub fn verify_export(data: &[u8], checkpoint_note: &str, ledger_key: &VerifyingKey) -> Result<ExportReport, VerifyError> {
+pub fn verify_export(
+    data: &[u8],
+    checkpoint_note: &str,
+    ledger_key: &VerifyingKey,
+) -> Result<ExportReport, VerifyError> {
     let cp = open_ledger_checkpoint(checkpoint_note, ledger_key)?;
     let mut tree = MemoryTree::<Blake3Hasher>::new();
     let mut keys: HashMap<KeyId, KeyState> = HashMap::new();
     let mut sigs = 0u64;
-    let mut root_at_cp = if cp.size == 0 { Some(tree.root()) } else { None };
+    let mut root_at_cp = if cp.size == 0 {
+        Some(tree.root())
+    } else {
+        None
+    };
     let ledger_id = KeyId::of(ledger_key);
     scan_frames(data, 0, [0; 32], |index, leaf_bytes, hash| {
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| format!("entry {index}: {e}"))?;
@@ -147,7 +161,13 @@ pub fn verify_export(data: &[u8], checkpoint_note: &str, ledger_key: &VerifyingK
             cp.size
         )));
     }
-    Ok(ExportReport { entries: tree.size(), checkpoint_size: cp.size, root, signatures_checked: sigs, keys: keys.len() })
+    Ok(ExportReport {
+        entries: tree.size(),
+        checkpoint_size: cp.size,
+        root,
+        signatures_checked: sigs,
+        keys: keys.len(),
+    })
 }
 
 fn check_entry(
@@ -160,7 +180,10 @@ fn check_entry(
 ) -> Result<(), String> {
     let body = codec::decode_body(&leaf.body).map_err(|e| e.to_string())?;
     if body.ledger_origin != origin {
-        return Err(format!("ledger_origin `{}` is not `{origin}`", body.ledger_origin));
+        return Err(format!(
+            "ledger_origin `{}` is not `{origin}`",
+            body.ledger_origin
+        ));
     }
     let signer = KeyId::from_slice("signer", &body.signer).map_err(|e| e.to_string())?;
     let payload = body.payload.as_ref().ok_or("no payload")?;
@@ -171,23 +194,41 @@ fn check_entry(
         if signer != *ledger_id || g.ledger_public_key != ledger_key.as_bytes() {
             return Err("genesis is not signed by the checkpoint's ledger key".into());
         }
-        keys.insert(signer, KeyState { key: *ledger_key, next_seq: 0, prev: [0; 32], revoked_at_ms: None });
+        keys.insert(
+            signer,
+            KeyState {
+                key: *ledger_key,
+                next_seq: 0,
+                prev: [0; 32],
+                revoked_at_ms: None,
+            },
+        );
         for a in &g.root_regulators {
             add_key(keys, &a.public_key)?;
         }
     }
-    let st = keys.get_mut(&signer).ok_or_else(|| format!("signer {signer} is not registered before this entry"))?;
-    if st.revoked_at_ms.is_some_and(|t| t <= leaf.integrated_time_ms) {
+    let st = keys
+        .get_mut(&signer)
+        .ok_or_else(|| format!("signer {signer} is not registered before this entry"))?;
+    if st
+        .revoked_at_ms
+        .is_some_and(|t| t <= leaf.integrated_time_ms)
+    {
         return Err(format!("signer {signer} was revoked"));
     }
     if body.signer_seq != st.next_seq || body.signer_prev.as_slice() != st.prev {
-        return Err(format!("signer {signer} chain broken at seq {} (expected {})", body.signer_seq, st.next_seq));
+        return Err(format!(
+            "signer {signer} chain broken at seq {} (expected {})",
+            body.signer_seq, st.next_seq
+        ));
     }
     crypto::verify_record(&st.key, &leaf.body, &leaf.signature).map_err(|e| e.to_string())?;
     st.next_seq += 1;
     st.prev = crypto::body_hash(&leaf.body);
     for c in &leaf.cosignatures {
-        let ck = keys.get(&c.key_id).ok_or_else(|| format!("cosigner {} is not registered", c.key_id))?;
+        let ck = keys
+            .get(&c.key_id)
+            .ok_or_else(|| format!("cosigner {} is not registered", c.key_id))?;
         crypto::verify_cosignature(&ck.key, &leaf.body, &c.signature).map_err(|e| e.to_string())?;
     }
     match payload {
@@ -210,7 +251,11 @@ fn check_entry(
 
 fn add_key(keys: &mut HashMap<KeyId, KeyState>, pk: &[u8]) -> Result<(), String> {
     let vk = crypto::parse_public_key("public_key", pk).map_err(|e| e.to_string())?;
-    keys.entry(KeyId::of(&vk))
-        .or_insert(KeyState { key: vk, next_seq: 0, prev: [0; 32], revoked_at_ms: None });
+    keys.entry(KeyId::of(&vk)).or_insert(KeyState {
+        key: vk,
+        next_seq: 0,
+        prev: [0; 32],
+        revoked_at_ms: None,
+    });
     Ok(())
 }

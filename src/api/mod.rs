@@ -50,7 +50,11 @@ fn submission(r: Option<pb::SignedRecord>) -> Result<Submission, Refusal> {
     Ok(Submission {
         body: r.body,
         signature: r.signature,
-        cosignatures: r.cosignatures.into_iter().map(|c| (c.key_id, c.signature)).collect(),
+        cosignatures: r
+            .cosignatures
+            .into_iter()
+            .map(|c| (c.key_id, c.signature))
+            .collect(),
     })
 }
 
@@ -60,14 +64,21 @@ fn result_pb(r: Result<Receipt, Refusal>) -> pb::SubmitResult {
             Ok(r) => pb::submit_result::Result::Receipt(receipt_pb(r)),
             Err(e) => {
                 let s = status(e);
-                pb::submit_result::Result::Refusal(pb::Refusal { code: s.code() as i32, message: s.message().to_string() })
+                pb::submit_result::Result::Refusal(pb::Refusal {
+                    code: s.code() as i32,
+                    message: s.message().to_string(),
+                })
             }
         }),
     }
 }
 
 fn entry_pb(index: u64, leaf: Vec<u8>, hash: [u8; 32]) -> pb::Entry {
-    pb::Entry { index, leaf, leaf_hash: hash.to_vec() }
+    pb::Entry {
+        index,
+        leaf,
+        leaf_hash: hash.to_vec(),
+    }
 }
 
 /// The `taizhang.v1.Ledger` service.
@@ -86,16 +97,25 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl pb::ledger_server::Ledger for LedgerService {
-    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::Receipt>, Status> {
+    async fn submit(
+        &self,
+        req: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::Receipt>, Status> {
         let s = submission(req.into_inner().record).map_err(status)?;
         let r = self.ledger.submit(s).await.map_err(status)?;
         Ok(Response::new(receipt_pb(r)))
     }
 
-    async fn submit_batch(&self, req: Request<pb::SubmitBatchRequest>) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+    async fn submit_batch(
+        &self,
+        req: Request<pb::SubmitBatchRequest>,
+    ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
         let records = req.into_inner().records;
         if records.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("records: {} exceeds the batch limit of {MAX_BATCH}", records.len())));
+            return Err(Status::invalid_argument(format!(
+                "records: {} exceeds the batch limit of {MAX_BATCH}",
+                records.len()
+            )));
         }
         let subs: Vec<Submission> = records
             .into_iter()
@@ -103,18 +123,25 @@ impl pb::ledger_server::Ledger for LedgerService {
             .collect::<Result<_, _>>()
             .map_err(status)?;
         let results = self.ledger.submit_many(subs).await;
-        Ok(Response::new(pb::SubmitBatchResponse { results: results.into_iter().map(result_pb).collect() }))
+        Ok(Response::new(pb::SubmitBatchResponse {
+            results: results.into_iter().map(result_pb).collect(),
+        }))
     }
 
     type SubmitStreamStream = BoxStream<pb::SubmitResult>;
 
-    async fn submit_stream(&self, req: Request<Streaming<pb::SubmitRequest>>) -> Result<Response<Self::SubmitStreamStream>, Status> {
+    async fn submit_stream(
+        &self,
+        req: Request<Streaming<pb::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let mut input = req.into_inner();
         let ledger = self.ledger.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SubmitResult, Status>>(1024);
         tokio::spawn(async move {
             // Take whatever has arrived (up to a chunk), submit it as one job, keep order.
-            let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<tokio::task::JoinHandle<Vec<Result<Receipt, Refusal>>>>(64);
+            let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<
+                tokio::task::JoinHandle<Vec<Result<Receipt, Refusal>>>,
+            >(64);
             let out = tx.clone();
             let sender = tokio::spawn(async move {
                 while let Some(h) = jobs_rx.recv().await {
@@ -144,25 +171,35 @@ impl pb::ledger_server::Ledger for LedgerService {
                         _ => break,
                     }
                 }
-                let subs: Vec<Result<Submission, Refusal>> = buf.drain(..).map(|m| submission(m.record)).collect();
+                let subs: Vec<Result<Submission, Refusal>> =
+                    buf.drain(..).map(|m| submission(m.record)).collect();
                 let l = ledger.clone();
                 let h = tokio::spawn(async move {
-                    let (ok, errs): (Vec<_>, Vec<_>) = subs.into_iter().enumerate().partition(|(_, s)| s.is_ok());
+                    let (ok, errs): (Vec<_>, Vec<_>) =
+                        subs.into_iter().enumerate().partition(|(_, s)| s.is_ok());
                     let l2 = l.clone();
                     let oks: Vec<Submission> = ok.into_iter().filter_map(|(_, s)| s.ok()).collect();
                     let idx_ok: Vec<usize> = Vec::new();
                     drop(idx_ok);
-                    let prepared = tokio::task::spawn_blocking(move || l2.prepare_parallel(oks)).await.unwrap_or_default();
+                    let prepared = tokio::task::spawn_blocking(move || l2.prepare_parallel(oks))
+                        .await
+                        .unwrap_or_default();
                     let mut results = l.submit_prepared(prepared).await.into_iter();
                     let total = results.len() + errs.len();
                     let mut errs = errs.into_iter().peekable();
                     let mut out = Vec::with_capacity(total);
                     for i in 0..total {
                         if errs.peek().is_some_and(|(j, _)| *j == i) {
-                            let (_, e) = errs.next().unwrap_or((i, Err(Refusal::internal("order".into()))));
-                            out.push(Err(e.err().unwrap_or_else(|| Refusal::internal("order".into()))));
+                            let (_, e) = errs
+                                .next()
+                                .unwrap_or((i, Err(Refusal::internal("order".into()))));
+                            out.push(Err(e
+                                .err()
+                                .unwrap_or_else(|| Refusal::internal("order".into()))));
                         } else {
-                            out.push(results.next().unwrap_or_else(|| Err(Refusal::internal("missing result".into()))));
+                            out.push(results.next().unwrap_or_else(|| {
+                                Err(Refusal::internal("missing result".into()))
+                            }));
                         }
                     }
                     out
@@ -174,16 +211,24 @@ impl pb::ledger_server::Ledger for LedgerService {
             drop(jobs_tx);
             let _ = sender.await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn get_entry(&self, req: Request<pb::GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let index = req.into_inner().index;
         let (leaf, hash) = self.ledger.entry(index).map_err(status)?;
         Ok(Response::new(entry_pb(index, leaf, hash)))
     }
 
-    async fn get_checkpoint(&self, _req: Request<pb::GetCheckpointRequest>) -> Result<Response<pb::Checkpoint>, Status> {
+    async fn get_checkpoint(
+        &self,
+        _req: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
         let (note, size, root) = self.ledger.checkpoint().map_err(status)?;
         Ok(Response::new(pb::Checkpoint {
             note,
@@ -194,9 +239,15 @@ impl pb::ledger_server::Ledger for LedgerService {
         }))
     }
 
-    async fn get_inclusion_proof(&self, req: Request<pb::GetInclusionProofRequest>) -> Result<Response<pb::InclusionProof>, Status> {
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
         let r = req.into_inner();
-        let (size, leaf, proof) = self.ledger.inclusion_proof(r.index, r.tree_size).map_err(status)?;
+        let (size, leaf, proof) = self
+            .ledger
+            .inclusion_proof(r.index, r.tree_size)
+            .map_err(status)?;
         Ok(Response::new(pb::InclusionProof {
             index: r.index,
             tree_size: size,
@@ -205,14 +256,28 @@ impl pb::ledger_server::Ledger for LedgerService {
         }))
     }
 
-    async fn get_consistency_proof(&self, req: Request<pb::GetConsistencyProofRequest>) -> Result<Response<pb::ConsistencyProof>, Status> {
+    async fn get_consistency_proof(
+        &self,
+        req: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
         let r = req.into_inner();
-        let (to, proof) = self.ledger.consistency_proof(r.from_size, r.to_size).map_err(status)?;
-        Ok(Response::new(pb::ConsistencyProof { from_size: r.from_size, to_size: to, hashes: proof.iter().map(|h| h.to_vec()).collect() }))
+        let (to, proof) = self
+            .ledger
+            .consistency_proof(r.from_size, r.to_size)
+            .map_err(status)?;
+        Ok(Response::new(pb::ConsistencyProof {
+            from_size: r.from_size,
+            to_size: to,
+            hashes: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
     }
 
-    async fn get_signer_head(&self, req: Request<pb::GetSignerHeadRequest>) -> Result<Response<pb::SignerHead>, Status> {
-        let id = KeyId::from_slice("key_id", &req.into_inner().key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn get_signer_head(
+        &self,
+        req: Request<pb::GetSignerHeadRequest>,
+    ) -> Result<Response<pb::SignerHead>, Status> {
+        let id = KeyId::from_slice("key_id", &req.into_inner().key_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let h = self.ledger.signer_head(&id).map_err(status)?;
         Ok(Response::new(pb::SignerHead {
             key_id: id.0.to_vec(),
@@ -222,8 +287,12 @@ impl pb::ledger_server::Ledger for LedgerService {
         }))
     }
 
-    async fn get_equivocations(&self, req: Request<pb::GetEquivocationsRequest>) -> Result<Response<pb::GetEquivocationsResponse>, Status> {
-        let id = KeyId::from_slice("key_id", &req.into_inner().key_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    async fn get_equivocations(
+        &self,
+        req: Request<pb::GetEquivocationsRequest>,
+    ) -> Result<Response<pb::GetEquivocationsResponse>, Status> {
+        let id = KeyId::from_slice("key_id", &req.into_inner().key_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let list = self.ledger.equivocations(&id).map_err(status)?;
         Ok(Response::new(pb::GetEquivocationsResponse {
             equivocations: list
@@ -235,7 +304,15 @@ impl pb::ledger_server::Ledger for LedgerService {
                     conflicting: Some(pb::SignedRecord {
                         body: e.conflicting.body,
                         signature: e.conflicting.signature,
-                        cosignatures: e.conflicting.cosignatures.into_iter().map(|(k, s)| pb::Cosignature { key_id: k, signature: s }).collect(),
+                        cosignatures: e
+                            .conflicting
+                            .cosignatures
+                            .into_iter()
+                            .map(|(k, s)| pb::Cosignature {
+                                key_id: k,
+                                signature: s,
+                            })
+                            .collect(),
                     }),
                     observed_ms: e.observed_ms,
                 })
@@ -245,30 +322,48 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     type ExportEntriesStream = BoxStream<pb::Entry>;
 
-    async fn export_entries(&self, req: Request<pb::ExportEntriesRequest>) -> Result<Response<Self::ExportEntriesStream>, Status> {
+    async fn export_entries(
+        &self,
+        req: Request<pb::ExportEntriesRequest>,
+    ) -> Result<Response<Self::ExportEntriesStream>, Status> {
         let r = req.into_inner();
         let (_, size, _) = self.ledger.checkpoint().map_err(status)?;
-        let to = if r.to == 0 { size } else { r.to.min(self.ledger.size()) };
+        let to = if r.to == 0 {
+            size
+        } else {
+            r.to.min(self.ledger.size())
+        };
         if r.from > to {
-            return Err(Status::out_of_range(format!("from: {} is beyond to {to}", r.from)));
+            return Err(Status::out_of_range(format!(
+                "from: {} is beyond to {to}",
+                r.from
+            )));
         }
         let ledger = self.ledger.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::task::spawn_blocking(move || {
             for i in r.from..to {
-                let item = ledger.entry(i).map(|(l, h)| entry_pb(i, l, h)).map_err(status);
+                let item = ledger
+                    .entry(i)
+                    .map(|(l, h)| entry_pb(i, l, h))
+                    .map_err(status);
                 let stop = item.is_err();
                 if tx.blocking_send(item).is_err() || stop {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     type WatchEntriesStream = BoxStream<pb::Entry>;
 
-    async fn watch_entries(&self, req: Request<pb::WatchEntriesRequest>) -> Result<Response<Self::WatchEntriesStream>, Status> {
+    async fn watch_entries(
+        &self,
+        req: Request<pb::WatchEntriesRequest>,
+    ) -> Result<Response<Self::WatchEntriesStream>, Status> {
         let mut next = req.into_inner().from;
         let ledger = self.ledger.clone();
         let mut size_rx = ledger.subscribe_size();
@@ -277,7 +372,10 @@ impl pb::ledger_server::Ledger for LedgerService {
             loop {
                 let size = *size_rx.borrow_and_update();
                 while next < size {
-                    let item = ledger.entry(next).map(|(l, h)| entry_pb(next, l, h)).map_err(status);
+                    let item = ledger
+                        .entry(next)
+                        .map(|(l, h)| entry_pb(next, l, h))
+                        .map_err(status);
                     if tx.send(item).await.is_err() {
                         return;
                     }
@@ -288,7 +386,9 @@ impl pb::ledger_server::Ledger for LedgerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -309,7 +409,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<LedgerServer<LedgerService>>().await;
+    health_reporter
+        .set_serving::<LedgerServer<LedgerService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -317,7 +419,13 @@ pub async fn serve(
     let svc = LedgerServer::new(LedgerService::new(ledger))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small request/response messages: Nagle's algorithm would hold each for a delayed ACK.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    });
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .add_service(health)

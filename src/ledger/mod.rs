@@ -18,9 +18,11 @@ use crate::crypto::{self, KeyId};
 use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
 use crate::model::Catalogue;
 use crate::pb::{self, record_body::Payload};
-use crate::store::{Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore};
-pub use error::{Code, Refusal};
+use crate::store::{
+    Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore,
+};
 use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use error::{Code, Refusal};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -115,6 +117,12 @@ struct Job {
     reply: Reply,
 }
 
+enum Msg {
+    Job(Job),
+    /// Stop the writer after the groups before it; answered once the views are flushed.
+    Close(oneshot::Sender<()>),
+}
+
 /// What readers see: the tree, where entries live, the latest checkpoint.
 struct ReadState {
     tree: MemoryTree<Blake3Hasher>,
@@ -142,7 +150,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct Ledger {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
 }
 
 /// Counters reported by `open`.
@@ -172,8 +180,9 @@ impl Ledger {
     /// Opens (or creates) the ledger in `cfg.data_dir` and starts its writer thread.
     /// Must be called within a tokio runtime only for the returned handle's async methods.
     pub fn open(cfg: Config) -> Result<(Ledger, OpenReport), Refusal> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| Refusal::unavailable(format!("data dir {}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            Refusal::unavailable(format!("data dir {}: {e}", cfg.data_dir.display()))
+        })?;
         let evidence_dir = cfg.data_dir.join("evidence");
         std::fs::create_dir_all(&evidence_dir)
             .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
@@ -210,7 +219,10 @@ impl Ledger {
         if from.entries > 0 {
             let entries = views.scan_prefix(b"x/")?;
             let consistent = entries.len() as u64 == from.entries
-                && entries.iter().enumerate().all(|(i, (k, _))| *k == key::entry(i as u64));
+                && entries
+                    .iter()
+                    .enumerate()
+                    .all(|(i, (k, _))| *k == key::entry(i as u64));
             if consistent {
                 for (k, v) in &entries {
                     let e: EntryView = views::decode(k, v)?;
@@ -218,7 +230,8 @@ impl Ledger {
                     locations.push(e.location);
                 }
                 if tree.leaf(from.entries - 1) != Some(from.last_hash) {
-                    report.views_rebuild_reason = Some("entry index does not end at the recorded position".into());
+                    report.views_rebuild_reason =
+                        Some("entry index does not end at the recorded position".into());
                 }
             } else {
                 report.views_rebuild_reason = Some(format!(
@@ -268,11 +281,23 @@ impl Ledger {
                 .map_err(|e| Refusal::new(Code::DataLoss, format!("last entry: {e}")))?
                 .integrated_time_ms;
         }
-        let mut writer = Writer { log, origin: cfg.origin.clone() };
+        let mut writer = Writer {
+            log,
+            origin: cfg.origin.clone(),
+        };
         if tree.size() == 0 {
-            genesis = Some(write_genesis(&cfg, &mut writer, views.as_ref(), &mut tree, &mut locations, &mut last_time_ms)?);
+            genesis = Some(write_genesis(
+                &cfg,
+                &mut writer,
+                views.as_ref(),
+                &mut tree,
+                &mut locations,
+                &mut last_time_ms,
+            )?);
         }
-        let genesis = genesis.ok_or_else(|| Refusal::new(Code::DataLoss, "the log has entries but no genesis".into()))?;
+        let genesis = genesis.ok_or_else(|| {
+            Refusal::new(Code::DataLoss, "the log has entries but no genesis".into())
+        })?;
         if genesis.ledger_public_key != cfg.ledger_key.verifying_key().to_bytes() {
             return Err(Refusal::precondition(format!(
                 "ledger key: this data dir belongs to ledger key {}, not {}",
@@ -294,7 +319,12 @@ impl Ledger {
             .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
         let size = tree.size();
         let checkpoint = sign_checkpoint(
-            &Checkpoint { origin: genesis.origin.clone(), size, root: tree.root(), extensions: vec![] },
+            &Checkpoint {
+                origin: genesis.origin.clone(),
+                size,
+                root: tree.root(),
+                extensions: vec![],
+            },
             &note_signer,
         )
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
@@ -307,13 +337,19 @@ impl Ledger {
             catalogue: cfg.catalogue.clone(),
             views,
             reader: writer.log.reader(),
-            read: RwLock::new(ReadState { tree, locations, checkpoint, checkpoint_size: size, last_time_ms }),
+            read: RwLock::new(ReadState {
+                tree,
+                locations,
+                checkpoint,
+                checkpoint_size: size,
+                last_time_ms,
+            }),
             key_cache: RwLock::new(HashMap::new()),
             evidence_dir: cfg.data_dir.join("evidence"),
             size_tx,
             poisoned: RwLock::new(None),
         });
-        let (tx, rx) = mpsc::channel::<Job>(MAX_GROUP * 4);
+        let (tx, rx) = mpsc::channel::<Msg>(MAX_GROUP * 4);
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("taizhang-writer".into())
@@ -338,7 +374,8 @@ impl Ledger {
         if let Some(k) = self.shared.key_cache.read().ok()?.get(id) {
             return Some(*k);
         }
-        let info: KeyInfo = views::decode(b"k/", &self.shared.views.get(&key::key(id)).ok()??).ok()?;
+        let info: KeyInfo =
+            views::decode(b"k/", &self.shared.views.get(&key::key(id)).ok()??).ok()?;
         let vk = VerifyingKey::from_bytes(&info.public_key).ok()?;
         if let Ok(mut c) = self.shared.key_cache.write() {
             c.insert(*id, vk);
@@ -356,7 +393,10 @@ impl Ledger {
             )));
         }
         let signature: [u8; 64] = s.signature.as_slice().try_into().map_err(|_| {
-            Refusal::invalid(format!("record.signature: expected 64 bytes, got {}", s.signature.len()))
+            Refusal::invalid(format!(
+                "record.signature: expected 64 bytes, got {}",
+                s.signature.len()
+            ))
         })?;
         if s.cosignatures.len() > MAX_COSIGNATURES {
             return Err(Refusal::invalid(format!(
@@ -369,18 +409,23 @@ impl Ledger {
             let key_id = KeyId::from_slice("key_id", k)
                 .map_err(|e| Refusal::invalid(format!("record.cosignatures[{i}].{e}")))?;
             let signature: [u8; 64] = sig.as_slice().try_into().map_err(|_| {
-                Refusal::invalid(format!("record.cosignatures[{i}].signature: expected 64 bytes, got {}", sig.len()))
+                Refusal::invalid(format!(
+                    "record.cosignatures[{i}].signature: expected 64 bytes, got {}",
+                    sig.len()
+                ))
             })?;
             if cosignatures.iter().any(|c: &Cosig| c.key_id == key_id) {
-                return Err(Refusal::invalid(format!("record.cosignatures[{i}].key_id: {key_id} cosigns twice")));
+                return Err(Refusal::invalid(format!(
+                    "record.cosignatures[{i}].key_id: {key_id} cosigns twice"
+                )));
             }
             cosignatures.push(Cosig { key_id, signature });
         }
-        let body = codec::decode_body(&s.body).map_err(|e| Refusal::invalid(format!("record.{e}")))?;
-        let payload = body
-            .payload
-            .clone()
-            .ok_or_else(|| Refusal::invalid("body.payload: a record must carry one payload".into()))?;
+        let body =
+            codec::decode_body(&s.body).map_err(|e| Refusal::invalid(format!("record.{e}")))?;
+        let payload = body.payload.clone().ok_or_else(|| {
+            Refusal::invalid("body.payload: a record must carry one payload".into())
+        })?;
         if body.ledger_origin != self.shared.genesis.origin {
             return Err(Refusal::invalid(format!(
                 "body.ledger_origin: `{}` is not this ledger (`{}`)",
@@ -399,7 +444,15 @@ impl Ledger {
             crypto::verify_record(&vk, &s.body, &signature)
                 .map_err(|e| Refusal::unauthenticated(format!("record.{e} for key {signer}")))
         });
-        Ok(Prepared { body_bytes: s.body, signature, cosignatures, body, payload, signer, sig_checked })
+        Ok(Prepared {
+            body_bytes: s.body,
+            signature,
+            cosignatures,
+            body,
+            payload,
+            signer,
+            sig_checked,
+        })
     }
 
     /// Submits prepared records (or refusals from preparing them) as one job; results come back
@@ -410,11 +463,16 @@ impl Ledger {
     ) -> Vec<Result<Receipt, Refusal>> {
         let n = items.len();
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Job { items, reply }).await.is_err() {
-            return (0..n).map(|_| Err(Refusal::unavailable("ledger writer stopped".into()))).collect();
+        if self.tx.send(Msg::Job(Job { items, reply })).await.is_err() {
+            return (0..n)
+                .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
+                .collect();
         }
-        rx.await
-            .unwrap_or_else(|_| (0..n).map(|_| Err(Refusal::unavailable("ledger writer stopped".into()))).collect())
+        rx.await.unwrap_or_else(|_| {
+            (0..n)
+                .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
+                .collect()
+        })
     }
 
     /// Submits one signed record.
@@ -437,7 +495,9 @@ impl Ledger {
 
     /// Prepares records on all available cores.
     pub fn prepare_parallel(&self, subs: Vec<Submission>) -> Vec<Result<Prepared, Refusal>> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         if subs.len() < 64 || threads == 1 {
             return subs.into_iter().map(|s| self.prepare(s)).collect();
         }
@@ -450,13 +510,24 @@ impl Ledger {
         std::thread::scope(|scope| {
             let handles: Vec<_> = chunks
                 .into_iter()
-                .map(|c| scope.spawn(move || c.into_iter().map(|s| self.prepare(s)).collect::<Vec<_>>()))
+                .map(|c| {
+                    scope.spawn(move || c.into_iter().map(|s| self.prepare(s)).collect::<Vec<_>>())
+                })
                 .collect();
             handles
                 .into_iter()
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
         })
+    }
+
+    /// Stops the writer after what was submitted before this call and flushes the views.
+    /// Later submissions through any clone of this handle are refused as unavailable.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Number of entries durable in the log.
@@ -476,7 +547,10 @@ impl Ledger {
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, ReadState>, Refusal> {
-        self.shared.read.read().map_err(|_| Refusal::internal("read state poisoned".into()))
+        self.shared
+            .read
+            .read()
+            .map_err(|_| Refusal::internal("read state poisoned".into()))
     }
 
     /// The leaf bytes and hash of entry `index`.
@@ -484,7 +558,10 @@ impl Ledger {
         let loc = {
             let r = self.read()?;
             *r.locations.get(index as usize).ok_or_else(|| {
-                Refusal::not_found(format!("index: entry {index} does not exist (the log has {} entries)", r.tree.size()))
+                Refusal::not_found(format!(
+                    "index: entry {index} does not exist (the log has {} entries)",
+                    r.tree.size()
+                ))
             })?
         };
         self.shared.reader.read(loc).map_err(Refusal::from)
@@ -504,15 +581,24 @@ impl Ledger {
     }
 
     /// Inclusion proof of `index` in the tree of `tree_size` (0 = latest checkpoint).
-    pub fn inclusion_proof(&self, index: u64, tree_size: u64) -> Result<(u64, Hash, Vec<Hash>), Refusal> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<(u64, Hash, Vec<Hash>), Refusal> {
         let r = self.read()?;
         let size = Self::size_or_latest(&r, tree_size)?;
         if index >= size {
-            return Err(Refusal::out_of_range(format!("index: {index} is not below tree_size {size}")));
+            return Err(Refusal::out_of_range(format!(
+                "index: {index} is not below tree_size {size}"
+            )));
         }
         let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size)
             .map_err(|e| Refusal::internal(e.to_string()))?;
-        let leaf = r.tree.leaf(index).ok_or_else(|| Refusal::internal("leaf missing".into()))?;
+        let leaf = r
+            .tree
+            .leaf(index)
+            .ok_or_else(|| Refusal::internal("leaf missing".into()))?;
         Ok((size, leaf, proof))
     }
 
@@ -555,7 +641,7 @@ impl Ledger {
     }
 
     /// Every view key and value, for comparing a reindexed store with the original.
-    pub fn dump_views(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Refusal> {
+    pub fn dump_views(&self) -> Result<crate::store::ViewPairs, Refusal> {
         Ok(self.shared.views.scan_prefix(b"")?)
     }
 
@@ -568,13 +654,20 @@ impl Ledger {
         let mut names: Vec<_> = rd.flatten().map(|e| e.path()).collect();
         names.sort();
         for p in names {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !name.starts_with(&prefix) || !name.ends_with(".evidence") {
                 continue;
             }
-            let bytes = std::fs::read(&p).map_err(|e| Refusal::unavailable(format!("evidence: {e}")))?;
+            let bytes =
+                std::fs::read(&p).map_err(|e| Refusal::unavailable(format!("evidence: {e}")))?;
             out.push(decode_evidence(&bytes).ok_or_else(|| {
-                Refusal::new(Code::DataLoss, format!("evidence file {name} does not decode"))
+                Refusal::new(
+                    Code::DataLoss,
+                    format!("evidence file {name} does not decode"),
+                )
             })?);
         }
         Ok(out)
@@ -599,26 +692,49 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    fn entry(&mut self, index: u64, leaf_bytes: &[u8], hash: Hash, location: Location) -> Result<(), StoreError> {
-        let dl = |what: String| StoreError::DataLoss { what: format!("entry {index}: {what}") };
+    fn entry(
+        &mut self,
+        index: u64,
+        leaf_bytes: &[u8],
+        hash: Hash,
+        location: Location,
+    ) -> Result<(), StoreError> {
+        let dl = |what: String| StoreError::DataLoss {
+            what: format!("entry {index}: {what}"),
+        };
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| dl(e.to_string()))?;
         let body = codec::decode_body(&leaf.body).map_err(|e| dl(e.to_string()))?;
         let signer = KeyId::from_slice("signer", &body.signer).map_err(|e| dl(e.to_string()))?;
-        let payload = body.payload.clone().ok_or_else(|| dl("no payload".into()))?;
+        let payload = body
+            .payload
+            .clone()
+            .ok_or_else(|| dl("no payload".into()))?;
         if index == 0 {
             let Payload::Genesis(g) = &payload else {
                 return Err(dl("entry 0 is not genesis".into()));
             };
-            rules::apply_genesis(&mut self.pending, &signer, g).map_err(|r| dl(r.message))?;
+            rules::apply_genesis(&mut self.pending, &signer, g, &leaf.body)
+                .map_err(|r| dl(r.message))?;
             self.genesis = Some(GenesisView {
                 origin: g.origin.clone(),
                 ledger_key: signer,
-                ledger_public_key: g.ledger_public_key.as_slice().try_into().map_err(|_| dl("bad ledger key".into()))?,
+                ledger_public_key: g
+                    .ledger_public_key
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| dl("bad ledger key".into()))?,
                 catalogue_version: g.catalogue_version.clone(),
-                catalogue_digest: g.catalogue_digest.as_slice().try_into().map_err(|_| dl("bad digest".into()))?,
+                catalogue_digest: g
+                    .catalogue_digest
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| dl("bad digest".into()))?,
             });
         } else {
-            let genesis = self.genesis.clone().ok_or_else(|| dl("no genesis before it".into()))?;
+            let genesis = self
+                .genesis
+                .clone()
+                .ok_or_else(|| dl("no genesis before it".into()))?;
             let leaf_hash = |i: u64| self.tree.leaf(i);
             let ctx = rules::Ctx {
                 origin: &genesis.origin,
@@ -631,10 +747,24 @@ impl Replay<'_> {
                 .pending
                 .get(&key::key(&signer))?
                 .ok_or_else(|| dl(format!("signer {signer} unknown")))?;
-            admit_rules(&ctx, &mut self.pending, &signer, &key, &body, &leaf.body, &payload)
-                .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
+            admit_rules(
+                &ctx,
+                &mut self.pending,
+                &signer,
+                &key,
+                &body,
+                &leaf.body,
+                &payload,
+            )
+            .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
         }
-        self.pending.put(key::entry(index), &EntryView { location, leaf_hash: hash });
+        self.pending.put(
+            key::entry(index),
+            &EntryView {
+                location,
+                leaf_hash: hash,
+            },
+        );
         self.tree.push(hash);
         self.locations.push(location);
         *self.last_time_ms = leaf.integrated_time_ms;
@@ -644,7 +774,9 @@ impl Replay<'_> {
                 entries: index + 1,
                 last_hash: hash,
                 segment: location.segment,
-                offset: location.offset + location.len as u64 + crate::store::segment::FRAME_OVERHEAD,
+                offset: location.offset
+                    + location.len as u64
+                    + crate::store::segment::FRAME_OVERHEAD,
             };
             self.flush(&pos)?;
         }
@@ -683,7 +815,11 @@ fn admit_rules(
     v.put(key::signer_seq(signer, body.signer_seq), &ctx.index);
     v.put(
         key::head(signer),
-        &Head { next_seq: head.next_seq + 1, prev_body_hash: crypto::body_hash(body_bytes), last_index: Some(ctx.index) },
+        &Head {
+            next_seq: head.next_seq + 1,
+            prev_body_hash: crypto::body_hash(body_bytes),
+            last_index: Some(ctx.index),
+        },
     );
     Ok(())
 }
@@ -697,11 +833,16 @@ fn write_genesis(
     last_time_ms: &mut u64,
 ) -> Result<GenesisView, Refusal> {
     crate::model::ids::check_region_code("", true).ok();
-    if cfg.origin.is_empty() || cfg.origin.contains(char::is_whitespace) || cfg.origin.contains('+') {
-        return Err(Refusal::invalid("origin: must be non-empty without spaces or '+'".into()));
+    if cfg.origin.is_empty() || cfg.origin.contains(char::is_whitespace) || cfg.origin.contains('+')
+    {
+        return Err(Refusal::invalid(
+            "origin: must be non-empty without spaces or '+'".into(),
+        ));
     }
     if cfg.root_regulators.is_empty() {
-        return Err(Refusal::invalid("root_regulators: genesis needs at least one root regulator key".into()));
+        return Err(Refusal::invalid(
+            "root_regulators: genesis needs at least one root regulator key".into(),
+        ));
     }
     let vk = cfg.ledger_key.verifying_key();
     let id = KeyId::of(&vk);
@@ -722,19 +863,32 @@ fn write_genesis(
     let body_bytes = codec::encode_body(&body);
     let signature = crypto::sign_record(&cfg.ledger_key, &body_bytes);
     let t = now_ms();
-    let leaf = Leaf { index: 0, integrated_time_ms: t, prev_leaf_hash: [0; 32], body: body_bytes.clone(), signature, cosignatures: vec![] };
+    let leaf = Leaf {
+        index: 0,
+        integrated_time_ms: t,
+        prev_leaf_hash: [0; 32],
+        body: body_bytes.clone(),
+        signature,
+        cosignatures: vec![],
+    };
     let bytes = leaf.encode();
     let hash = codec::leaf_hash(&bytes);
     let mut v = Views::new(views);
     let Some(Payload::Genesis(g)) = &body.payload else {
         return Err(Refusal::internal("genesis payload".into()));
     };
-    rules::apply_genesis(&mut v, &id, g)?;
-    v.put(key::signer_seq(&id, 0), &0u64);
-    v.put(key::head(&id), &Head { next_seq: 1, prev_body_hash: crypto::body_hash(&body_bytes), last_index: Some(0) });
+    rules::apply_genesis(&mut v, &id, g, &body_bytes)?;
     let locs = w.log.append(&[(bytes, hash)])?;
-    v.put(key::entry(0), &EntryView { location: locs[0], leaf_hash: hash });
-    let genesis: GenesisView = v.get(META_GENESIS)?.ok_or_else(|| Refusal::internal("genesis view".into()))?;
+    v.put(
+        key::entry(0),
+        &EntryView {
+            location: locs[0],
+            leaf_hash: hash,
+        },
+    );
+    let genesis: GenesisView = v
+        .get(META_GENESIS)?
+        .ok_or_else(|| Refusal::internal("genesis view".into()))?;
     views.apply(v.into_batch(&w.log.end()))?;
     tree.push(hash);
     locations.push(locs[0]);
@@ -755,20 +909,39 @@ struct PendingLeaf {
     hash: Hash,
 }
 
-fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Job>) {
+fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
+    let mut close = None;
     while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut n = jobs[0].items.len();
-        while n < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => {
+        let mut jobs = Vec::new();
+        let mut n = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(j) => {
                     n += j.items.len();
                     jobs.push(j);
                 }
-                Err(_) => break,
+                Msg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if n < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
-        process_group(&shared, &mut w, jobs);
+        if !jobs.is_empty() {
+            process_group(&shared, &mut w, jobs);
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    if let Err(e) = shared.views.flush() {
+        tracing::warn!(error = %e, "flushing views at close");
+    }
+    if let Some(done) = close {
+        let _ = done.send(());
     }
     tracing::info!("ledger writer stopped");
 }
@@ -777,13 +950,27 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
     if let Some(why) = shared.poisoned.read().ok().and_then(|p| p.clone()) {
         for job in jobs {
             let n = job.items.len();
-            let _ = job.reply.send((0..n).map(|_| Err(Refusal::unavailable(format!("ledger is refusing writes: {why}")))).collect());
+            let _ = job.reply.send(
+                (0..n)
+                    .map(|_| {
+                        Err(Refusal::unavailable(format!(
+                            "ledger is refusing writes: {why}"
+                        )))
+                    })
+                    .collect(),
+            );
         }
         return;
     }
     let (base, mut prev_hash, mut last_time) = {
         let Ok(r) = shared.read.read() else { return };
-        (r.tree.size(), r.tree.leaf(r.tree.size().saturating_sub(1)).unwrap_or([0; 32]), r.last_time_ms)
+        (
+            r.tree.size(),
+            r.tree
+                .leaf(r.tree.size().saturating_sub(1))
+                .unwrap_or([0; 32]),
+            r.last_time_ms,
+        )
     };
     let mut v = Views::new(shared.views.as_ref());
     let mut pending: Vec<PendingLeaf> = Vec::new();
@@ -827,11 +1014,18 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
     // Make the group durable.
     let mut failure: Option<Refusal> = None;
     if !pending.is_empty() {
-        let frames: Vec<(Vec<u8>, Hash)> = pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
+        let frames: Vec<(Vec<u8>, Hash)> =
+            pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
         match w.log.append(&frames) {
             Ok(locs) => {
                 for (i, (p, loc)) in pending.iter().zip(&locs).enumerate() {
-                    v.put(key::entry(base + i as u64), &EntryView { location: *loc, leaf_hash: p.hash });
+                    v.put(
+                        key::entry(base + i as u64),
+                        &EntryView {
+                            location: *loc,
+                            leaf_hash: p.hash,
+                        },
+                    );
                 }
                 if let Err(e) = shared.views.apply(v.into_batch(&w.log.end())) {
                     // Entries are durable but the views missed them: refuse further writes
@@ -842,7 +1036,9 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                         *p = Some(why);
                     }
                 }
-                let Ok(mut r) = shared.read.write() else { return };
+                let Ok(mut r) = shared.read.write() else {
+                    return;
+                };
                 for (p, loc) in pending.iter().zip(&locs) {
                     r.tree.push(p.hash);
                     r.locations.push(*loc);
@@ -850,7 +1046,12 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                 r.last_time_ms = last_time;
                 let size = r.tree.size();
                 match sign_checkpoint(
-                    &Checkpoint { origin: shared.genesis.origin.clone(), size, root: r.tree.root(), extensions: vec![] },
+                    &Checkpoint {
+                        origin: shared.genesis.origin.clone(),
+                        size,
+                        root: r.tree.root(),
+                        extensions: vec![],
+                    },
                     &shared.note_signer,
                 ) {
                     Ok(note) => {
@@ -885,9 +1086,17 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
             .map(|o| match o {
                 Outcome::Refused(r) => Err(r),
                 Outcome::New(i) | Outcome::Duplicate(i) if failure.is_some() && i >= base => {
-                    Err(failure.clone().unwrap_or_else(|| Refusal::unavailable("append failed".into())))
+                    Err(failure
+                        .clone()
+                        .unwrap_or_else(|| Refusal::unavailable("append failed".into())))
                 }
-                Outcome::New(i) => receipt(shared, &r, i, false, Some(&pending[(i - base) as usize].leaf)),
+                Outcome::New(i) => receipt(
+                    shared,
+                    &r,
+                    i,
+                    false,
+                    Some(&pending[(i - base) as usize].leaf),
+                ),
                 Outcome::Duplicate(i) => receipt(shared, &r, i, true, None),
             })
             .collect();
@@ -895,20 +1104,34 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
     }
 }
 
-fn receipt(shared: &Shared, r: &ReadState, index: u64, duplicate: bool, leaf: Option<&Leaf>) -> Result<Receipt, Refusal> {
+fn receipt(
+    shared: &Shared,
+    r: &ReadState,
+    index: u64,
+    duplicate: bool,
+    leaf: Option<&Leaf>,
+) -> Result<Receipt, Refusal> {
     let leaf = match leaf {
         Some(l) => l.clone(),
         None => {
-            let loc = *r.locations.get(index as usize).ok_or_else(|| Refusal::internal("location".into()))?;
+            let loc = *r
+                .locations
+                .get(index as usize)
+                .ok_or_else(|| Refusal::internal("location".into()))?;
             let (bytes, _) = shared.reader.read(loc)?;
-            Leaf::decode(&bytes).map_err(|e| Refusal::new(Code::DataLoss, format!("entry {index}: {e}")))?
+            Leaf::decode(&bytes)
+                .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {index}: {e}")))?
         }
     };
     let size = r.checkpoint_size;
-    let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size).map_err(|e| Refusal::internal(e.to_string()))?;
+    let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size)
+        .map_err(|e| Refusal::internal(e.to_string()))?;
     Ok(Receipt {
         index,
-        leaf_hash: r.tree.leaf(index).ok_or_else(|| Refusal::internal("leaf".into()))?,
+        leaf_hash: r
+            .tree
+            .leaf(index)
+            .ok_or_else(|| Refusal::internal("leaf".into()))?,
         integrated_time_ms: leaf.integrated_time_ms,
         prev_leaf_hash: leaf.prev_leaf_hash,
         checkpoint: r.checkpoint.clone(),
@@ -933,9 +1156,12 @@ fn admit(
     index: u64,
     now: u64,
 ) -> Result<Admitted, Refusal> {
-    let key_info: KeyInfo = v
-        .get(&key::key(&p.signer))?
-        .ok_or_else(|| Refusal::unauthenticated(format!("body.signer: key {} is not registered on this ledger", p.signer)))?;
+    let key_info: KeyInfo = v.get(&key::key(&p.signer))?.ok_or_else(|| {
+        Refusal::unauthenticated(format!(
+            "body.signer: key {} is not registered on this ledger",
+            p.signer
+        ))
+    })?;
     let head: Head = v.get(&key::head(&p.signer))?.unwrap_or_default();
     rules::check_signer(&key_info, &p.signer, &p.payload, now)?;
     let seq = p.body.signer_seq;
@@ -944,9 +1170,11 @@ fn admit(
         match &p.sig_checked {
             Some(r) => r.clone(),
             None => {
-                let vk = VerifyingKey::from_bytes(&key_info.public_key).map_err(|_| Refusal::internal("stored key".into()))?;
-                crypto::verify_record(&vk, &p.body_bytes, &p.signature)
-                    .map_err(|e| Refusal::unauthenticated(format!("record.{e} for key {}", p.signer)))
+                let vk = VerifyingKey::from_bytes(&key_info.public_key)
+                    .map_err(|_| Refusal::internal("stored key".into()))?;
+                crypto::verify_record(&vk, &p.body_bytes, &p.signature).map_err(|e| {
+                    Refusal::unauthenticated(format!("record.{e} for key {}", p.signer))
+                })
             }
         }
     };
@@ -997,15 +1225,27 @@ fn admit(
     sig()?;
     for (i, c) in p.cosignatures.iter().enumerate() {
         let ck: KeyInfo = v.get(&key::key(&c.key_id))?.ok_or_else(|| {
-            Refusal::unauthenticated(format!("record.cosignatures[{i}].key_id: key {} is not registered", c.key_id))
+            Refusal::unauthenticated(format!(
+                "record.cosignatures[{i}].key_id: key {} is not registered",
+                c.key_id
+            ))
         })?;
-        if ck.revoked_at_ms.is_some_and(|t| t <= now) || now < ck.not_before_ms || (ck.not_after_ms != 0 && now >= ck.not_after_ms) {
-            return Err(Refusal::permission_denied(format!("record.cosignatures[{i}].key_id: key {} is revoked or not valid now", c.key_id)));
+        if ck.revoked_at_ms.is_some_and(|t| t <= now)
+            || now < ck.not_before_ms
+            || (ck.not_after_ms != 0 && now >= ck.not_after_ms)
+        {
+            return Err(Refusal::permission_denied(format!(
+                "record.cosignatures[{i}].key_id: key {} is revoked or not valid now",
+                c.key_id
+            )));
         }
         if c.key_id == p.signer {
-            return Err(Refusal::invalid(format!("record.cosignatures[{i}].key_id: the signer cannot cosign its own record")));
+            return Err(Refusal::invalid(format!(
+                "record.cosignatures[{i}].key_id: the signer cannot cosign its own record"
+            )));
         }
-        let vk = VerifyingKey::from_bytes(&ck.public_key).map_err(|_| Refusal::internal("stored key".into()))?;
+        let vk = VerifyingKey::from_bytes(&ck.public_key)
+            .map_err(|_| Refusal::internal("stored key".into()))?;
         crypto::verify_cosignature(&vk, &p.body_bytes, &c.signature)
             .map_err(|e| Refusal::unauthenticated(format!("record.cosignatures[{i}]: {e}")))?;
     }
@@ -1023,7 +1263,15 @@ fn admit(
         now_ms: now,
         leaf_hash: &pending_hash,
     };
-    admit_rules(&ctx, v, &p.signer, &key_info, &p.body, &p.body_bytes, &p.payload)?;
+    admit_rules(
+        &ctx,
+        v,
+        &p.signer,
+        &key_info,
+        &p.body,
+        &p.body_bytes,
+        &p.payload,
+    )?;
     Ok(Admitted::New)
 }
 
@@ -1045,7 +1293,11 @@ fn record_evidence(shared: &Shared, p: &Prepared, held: u64, now: u64) -> Result
         conflicting: Submission {
             body: p.body_bytes.clone(),
             signature: p.signature.to_vec(),
-            cosignatures: p.cosignatures.iter().map(|c| (c.key_id.0.to_vec(), c.signature.to_vec())).collect(),
+            cosignatures: p
+                .cosignatures
+                .iter()
+                .map(|c| (c.key_id.0.to_vec(), c.signature.to_vec()))
+                .collect(),
         },
         observed_ms: now,
     });
@@ -1074,7 +1326,10 @@ fn encode_evidence(e: &Equivocation) -> Vec<u8> {
                 .conflicting
                 .cosignatures
                 .iter()
-                .map(|(k, s)| pb::Cosignature { key_id: k.clone(), signature: s.clone() })
+                .map(|(k, s)| pb::Cosignature {
+                    key_id: k.clone(),
+                    signature: s.clone(),
+                })
                 .collect(),
         }),
         observed_ms: e.observed_ms,
@@ -1093,7 +1348,11 @@ fn decode_evidence(bytes: &[u8]) -> Option<Equivocation> {
         conflicting: Submission {
             body: c.body,
             signature: c.signature,
-            cosignatures: c.cosignatures.into_iter().map(|x| (x.key_id, x.signature)).collect(),
+            cosignatures: c
+                .cosignatures
+                .into_iter()
+                .map(|x| (x.key_id, x.signature))
+                .collect(),
         },
         observed_ms: m.observed_ms,
     })

@@ -94,7 +94,11 @@ pub fn check_signer(key: &KeyInfo, id: &KeyId, payload: &Payload, now: u64) -> R
         return Err(Refusal::permission_denied(format!(
             "body.signer: key {id} is not valid now ({now} ms; valid {}..{})",
             key.not_before_ms,
-            if key.not_after_ms == 0 { "open".to_string() } else { key.not_after_ms.to_string() }
+            if key.not_after_ms == 0 {
+                "open".to_string()
+            } else {
+                key.not_after_ms.to_string()
+            }
         )));
     }
     if !roles.iter().any(|r| *r as i32 == key.role) {
@@ -124,7 +128,10 @@ fn ident(field: &str, v: &str) -> Result<(), Refusal> {
         return Err(invalid(field, "must not be empty"));
     }
     if v.len() > 128 || v.contains('\0') || v.chars().any(char::is_control) {
-        return Err(invalid(field, "must be 1–128 characters without control characters"));
+        return Err(invalid(
+            field,
+            "must be 1–128 characters without control characters",
+        ));
     }
     Ok(())
 }
@@ -139,7 +146,10 @@ fn text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
 fn validity(field: &str, v: Option<&pb::Validity>) -> Result<(u64, u64), Refusal> {
     let v = v.cloned().unwrap_or_default();
     if v.not_after_ms != 0 && v.not_after_ms <= v.not_before_ms {
-        return Err(invalid(field, "not_after_ms must be 0 (open) or after not_before_ms"));
+        return Err(invalid(
+            field,
+            "not_after_ms must be 0 (open) or after not_before_ms",
+        ));
     }
     Ok((v.not_before_ms, v.not_after_ms))
 }
@@ -176,12 +186,19 @@ fn quantity(
         ));
     }
     if q.amount == 0 && !zero_ok {
-        return Err(invalid(&format!("{field}.amount"), "must be greater than 0"));
+        return Err(invalid(
+            &format!("{field}.amount"),
+            "must be greater than 0",
+        ));
     }
     Ok(q.amount)
 }
 
-fn substance<'c>(ctx: &Ctx<'c>, field: &str, id: &str) -> Result<&'c crate::model::Substance, Refusal> {
+fn substance<'c>(
+    ctx: &Ctx<'c>,
+    field: &str,
+    id: &str,
+) -> Result<&'c crate::model::Substance, Refusal> {
     ctx.catalogue.get(id).ok_or_else(|| {
         invalid(
             field,
@@ -197,7 +214,10 @@ fn enterprise_of(v: &Views<'_>, key: &KeyInfo, id: &KeyId) -> Result<EnterpriseV
     v.get::<EnterpriseView>(&key::enterprise(&key.enterprise))
         .map_err(se)?
         .ok_or_else(|| {
-            Refusal::internal(format!("key {id} names enterprise {} which is not enrolled", key.enterprise))
+            Refusal::internal(format!(
+                "key {id} names enterprise {} which is not enrolled",
+                key.enterprise
+            ))
         })
 }
 
@@ -221,7 +241,12 @@ fn activity_name(a: Activity) -> &'static str {
 }
 
 /// The enterprise holds a licence (or filing) for `activity` on `category`, valid at `now`.
-fn licensed(ent: &EnterpriseView, category: Category, activity: Activity, now: u64) -> Result<(), Refusal> {
+fn licensed(
+    ent: &EnterpriseView,
+    category: Category,
+    activity: Activity,
+    now: u64,
+) -> Result<(), Refusal> {
     let ok = ent.licences.iter().any(|l| {
         l.category == category as i32
             && l.activities.contains(&(activity as i32))
@@ -245,16 +270,23 @@ pub fn entry_ref(ctx: &Ctx<'_>, field: &str, r: Option<&pb::EntryRef>) -> Result
     if r.origin != ctx.origin {
         return Err(precondition(
             &format!("{field}.origin"),
-            format!("`{}` is not this ledger (`{}`); cross-ledger references are not accepted yet", r.origin, ctx.origin),
+            format!(
+                "`{}` is not this ledger (`{}`); cross-ledger references are not accepted yet",
+                r.origin, ctx.origin
+            ),
         ));
     }
     if r.index >= ctx.index {
         return Err(precondition(
             &format!("{field}.index"),
-            format!("entry {} does not exist (the log has {} entries)", r.index, ctx.index),
+            format!(
+                "entry {} does not exist (the log has {} entries)",
+                r.index, ctx.index
+            ),
         ));
     }
-    let want = (ctx.leaf_hash)(r.index).ok_or_else(|| Refusal::internal(format!("leaf hash of entry {} unavailable", r.index)))?;
+    let want = (ctx.leaf_hash)(r.index)
+        .ok_or_else(|| Refusal::internal(format!("leaf hash of entry {} unavailable", r.index)))?;
     if r.leaf_hash.as_slice() != want.as_slice() {
         return Err(precondition(
             &format!("{field}.leaf_hash"),
@@ -292,11 +324,19 @@ pub fn apply(
 }
 
 /// Registers the keys named in Genesis (entry 0, built by the ledger itself).
-pub fn apply_genesis(v: &mut Views<'_>, ledger_id: &KeyId, g: &pb::Genesis) -> Result<(), Refusal> {
+pub fn apply_genesis(
+    v: &mut Views<'_>,
+    ledger_id: &KeyId,
+    g: &pb::Genesis,
+    body_bytes: &[u8],
+) -> Result<(), Refusal> {
     let ledger_pk = parse_public_key("genesis.ledger_public_key", &g.ledger_public_key)
         .map_err(|e| Refusal::invalid(e.to_string()))?;
     if KeyId::of(&ledger_pk) != *ledger_id {
-        return Err(invalid("genesis.ledger_public_key", "is not the key that signed genesis"));
+        return Err(invalid(
+            "genesis.ledger_public_key",
+            "is not the key that signed genesis",
+        ));
     }
     let digest: [u8; 32] = g
         .catalogue_digest
@@ -330,21 +370,48 @@ pub fn apply_genesis(v: &mut Views<'_>, ledger_id: &KeyId, g: &pb::Genesis) -> R
         },
     );
     for (i, a) in g.root_regulators.iter().enumerate() {
-        let info = authority_info(&format!("genesis.root_regulators[{i}]"), a, Role::RootRegulator, 0)?;
-        let id = KeyId::of(&ed25519_dalek::VerifyingKey::from_bytes(&info.public_key).map_err(|_| invalid("genesis.root_regulators", "bad key"))?);
+        let info = authority_info(
+            &format!("genesis.root_regulators[{i}]"),
+            a,
+            Role::RootRegulator,
+            0,
+        )?;
+        let id = KeyId::of(
+            &ed25519_dalek::VerifyingKey::from_bytes(&info.public_key)
+                .map_err(|_| invalid("genesis.root_regulators", "bad key"))?,
+        );
         if v.get::<KeyInfo>(&key::key(&id)).map_err(se)?.is_some() {
-            return Err(invalid(&format!("genesis.root_regulators[{i}]"), "key listed twice"));
+            return Err(invalid(
+                &format!("genesis.root_regulators[{i}]"),
+                "key listed twice",
+            ));
         }
         v.put(key::key(&id), &info);
     }
+    v.put(key::signer_seq(ledger_id, 0), &0u64);
+    v.put(
+        key::head(ledger_id),
+        &Head {
+            next_seq: 1,
+            prev_body_hash: crate::crypto::body_hash(body_bytes),
+            last_index: Some(0),
+        },
+    );
     Ok(())
 }
 
-fn authority_info(field: &str, a: &pb::AuthorityKey, role: Role, entry: u64) -> Result<KeyInfo, Refusal> {
+fn authority_info(
+    field: &str,
+    a: &pb::AuthorityKey,
+    role: Role,
+    entry: u64,
+) -> Result<KeyInfo, Refusal> {
     let pk = parse_public_key("public_key", &a.public_key)
         .map_err(|e| invalid(&format!("{field}.public_key"), e))?;
-    check_region_code(&a.jurisdiction, true).map_err(|e| invalid(&format!("{field}.jurisdiction"), e))?;
-    if pb::Agency::try_from(a.agency).unwrap_or(pb::Agency::Unspecified) == pb::Agency::Unspecified {
+    check_region_code(&a.jurisdiction, true)
+        .map_err(|e| invalid(&format!("{field}.jurisdiction"), e))?;
+    if pb::Agency::try_from(a.agency).unwrap_or(pb::Agency::Unspecified) == pb::Agency::Unspecified
+    {
         return Err(invalid(&format!("{field}.agency"), "must name an agency"));
     }
     text(&format!("{field}.name"), &a.name, 256)?;
@@ -369,41 +436,77 @@ fn new_key_id(v: &Views<'_>, field: &str, pk: &[u8; 32]) -> Result<KeyId, Refusa
     let vk = ed25519_dalek::VerifyingKey::from_bytes(pk).map_err(|_| invalid(field, "bad key"))?;
     let id = KeyId::of(&vk);
     if v.get::<KeyInfo>(&key::key(&id)).map_err(se)?.is_some() {
-        return Err(Refusal::already_exists(format!("{field}: key {id} is already registered")));
+        return Err(Refusal::already_exists(format!(
+            "{field}: key {id} is already registered"
+        )));
     }
     Ok(id)
 }
 
-fn register_authority(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::RegisterAuthority) -> Result<(), Refusal> {
-    let a = p.authority.as_ref().ok_or_else(|| invalid("register_authority.authority", "is required"))?;
-    let info = authority_info("register_authority.authority", a, Role::Regulator, ctx.index)?;
-    regulator_covers(signer, &info.jurisdiction, "register_authority.authority.jurisdiction")?;
-    let id = new_key_id(v, "register_authority.authority.public_key", &info.public_key)?;
+fn register_authority(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    signer: &KeyInfo,
+    p: &pb::RegisterAuthority,
+) -> Result<(), Refusal> {
+    let a = p
+        .authority
+        .as_ref()
+        .ok_or_else(|| invalid("register_authority.authority", "is required"))?;
+    let info = authority_info(
+        "register_authority.authority",
+        a,
+        Role::Regulator,
+        ctx.index,
+    )?;
+    regulator_covers(
+        signer,
+        &info.jurisdiction,
+        "register_authority.authority.jurisdiction",
+    )?;
+    let id = new_key_id(
+        v,
+        "register_authority.authority.public_key",
+        &info.public_key,
+    )?;
     v.put(key::key(&id), &info);
     Ok(())
 }
 
-fn enrol_enterprise(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::EnrolEnterprise) -> Result<(), Refusal> {
+fn enrol_enterprise(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    signer: &KeyInfo,
+    p: &pb::EnrolEnterprise,
+) -> Result<(), Refusal> {
     check_credit_code(&p.credit_code).map_err(|e| invalid("enrol_enterprise.credit_code", e))?;
     if p.name.trim().is_empty() {
         return Err(invalid("enrol_enterprise.name", "must not be empty"));
     }
     text("enrol_enterprise.name", &p.name, 256)?;
-    check_region_code(&p.jurisdiction, false).map_err(|e| invalid("enrol_enterprise.jurisdiction", e))?;
+    check_region_code(&p.jurisdiction, false)
+        .map_err(|e| invalid("enrol_enterprise.jurisdiction", e))?;
     regulator_covers(signer, &p.jurisdiction, "enrol_enterprise.jurisdiction")?;
     let mut licences = Vec::new();
     for (i, l) in p.licences.iter().enumerate() {
         let f = format!("enrol_enterprise.licences[{i}]");
         ident(&format!("{f}.licence_no"), &l.licence_no)?;
-        if Category::try_from(l.category).unwrap_or(Category::Unspecified) == Category::Unspecified {
+        if Category::try_from(l.category).unwrap_or(Category::Unspecified) == Category::Unspecified
+        {
             return Err(invalid(&format!("{f}.category"), "must name a category"));
         }
         if l.activities.is_empty() {
-            return Err(invalid(&format!("{f}.activities"), "must name at least one activity"));
+            return Err(invalid(
+                &format!("{f}.activities"),
+                "must name at least one activity",
+            ));
         }
         for a in &l.activities {
             if Activity::try_from(*a).unwrap_or(Activity::Unspecified) == Activity::Unspecified {
-                return Err(invalid(&format!("{f}.activities"), format!("unknown activity {a}")));
+                return Err(invalid(
+                    &format!("{f}.activities"),
+                    format!("unknown activity {a}"),
+                ));
             }
         }
         let (nb, na) = validity(&format!("{f}.validity"), l.validity.as_ref())?;
@@ -419,11 +522,22 @@ fn enrol_enterprise(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::
     for (i, s) in p.sites.iter().enumerate() {
         ident(&format!("enrol_enterprise.sites[{i}].site_id"), &s.site_id)?;
         text(&format!("enrol_enterprise.sites[{i}].name"), &s.name, 256)?;
-        text(&format!("enrol_enterprise.sites[{i}].address"), &s.address, 512)?;
+        text(
+            &format!("enrol_enterprise.sites[{i}].address"),
+            &s.address,
+            512,
+        )?;
         if sites.iter().any(|x| x.site_id == s.site_id) {
-            return Err(invalid(&format!("enrol_enterprise.sites[{i}].site_id"), format!("`{}` listed twice", s.site_id)));
+            return Err(invalid(
+                &format!("enrol_enterprise.sites[{i}].site_id"),
+                format!("`{}` listed twice", s.site_id),
+            ));
         }
-        sites.push(SiteView { site_id: s.site_id.clone(), name: s.name.clone(), address: s.address.clone() });
+        sites.push(SiteView {
+            site_id: s.site_id.clone(),
+            name: s.name.clone(),
+            address: s.address.clone(),
+        });
     }
     let k = key::enterprise(&p.credit_code);
     let existing = v.get::<EnterpriseView>(&k).map_err(se)?;
@@ -433,7 +547,10 @@ fn enrol_enterprise(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::
             // Sites that hold stock or have history stay: an amendment may not drop a site.
             for s in &e.sites {
                 if !sites.iter().any(|x| x.site_id == s.site_id) {
-                    return Err(precondition("enrol_enterprise.sites", format!("an amendment may not remove site `{}`", s.site_id)));
+                    return Err(precondition(
+                        "enrol_enterprise.sites",
+                        format!("an amendment may not remove site `{}`", s.site_id),
+                    ));
                 }
             }
             e.name = p.name.clone();
@@ -457,8 +574,14 @@ fn enrol_enterprise(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::
     Ok(())
 }
 
-fn register_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::RegisterKey) -> Result<(), Refusal> {
-    let pk = parse_public_key("public_key", &p.public_key).map_err(|e| invalid("register_key.public_key", e))?;
+fn register_key(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    signer: &KeyInfo,
+    p: &pb::RegisterKey,
+) -> Result<(), Refusal> {
+    let pk = parse_public_key("public_key", &p.public_key)
+        .map_err(|e| invalid("register_key.public_key", e))?;
     let role = Role::try_from(p.role).unwrap_or(Role::Unspecified);
     let (nb, na) = validity("register_key.validity", p.validity.as_ref())?;
     text("register_key.holder", &p.holder, 256)?;
@@ -506,26 +629,47 @@ fn register_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer: &KeyInfo, p: &pb::Regi
     Ok(())
 }
 
-fn revoke_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer_id: &KeyId, signer: &KeyInfo, p: &pb::RevokeKey) -> Result<(), Refusal> {
-    let id = KeyId::from_slice("revoke_key.key_id", &p.key_id).map_err(|e| invalid("revoke_key.key_id", e))?;
+fn revoke_key(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    signer_id: &KeyId,
+    signer: &KeyInfo,
+    p: &pb::RevokeKey,
+) -> Result<(), Refusal> {
+    let id = KeyId::from_slice("revoke_key.key_id", &p.key_id)
+        .map_err(|e| invalid("revoke_key.key_id", e))?;
     text("revoke_key.reason", &p.reason, 1024)?;
     let mut info = v
         .get::<KeyInfo>(&key::key(&id))
         .map_err(se)?
-        .ok_or_else(|| Refusal::not_found(format!("revoke_key.key_id: key {id} is not registered")))?;
+        .ok_or_else(|| {
+            Refusal::not_found(format!("revoke_key.key_id: key {id} is not registered"))
+        })?;
     if info.revoked_at_ms.is_some() {
-        return Err(precondition("revoke_key.key_id", format!("key {id} is already revoked")));
+        return Err(precondition(
+            "revoke_key.key_id",
+            format!("key {id} is already revoked"),
+        ));
     }
     let role = Role::try_from(info.role).unwrap_or(Role::Unspecified);
     match role {
-        Role::Ledger => return Err(Refusal::permission_denied("revoke_key.key_id: the ledger key cannot be revoked by a record".into())),
+        Role::Ledger => {
+            return Err(Refusal::permission_denied(
+                "revoke_key.key_id: the ledger key cannot be revoked by a record".into(),
+            ))
+        }
         Role::RootRegulator | Role::Regulator if signer.role != Role::RootRegulator as i32 => {
-            return Err(Refusal::permission_denied("revoke_key.key_id: only a root regulator revokes regulator keys".into()))
+            return Err(Refusal::permission_denied(
+                "revoke_key.key_id: only a root regulator revokes regulator keys".into(),
+            ))
         }
         _ => {}
     }
     if &id == signer_id {
-        return Err(precondition("revoke_key.key_id", "a key may not revoke itself"));
+        return Err(precondition(
+            "revoke_key.key_id",
+            "a key may not revoke itself",
+        ));
     }
     regulator_covers(signer, &info.jurisdiction, "revoke_key.key_id")?;
     info.revoked_at_ms = Some(ctx.now_ms);
@@ -534,7 +678,13 @@ fn revoke_key(ctx: &Ctx<'_>, v: &mut Views<'_>, signer_id: &KeyId, signer: &KeyI
     Ok(())
 }
 
-fn produce(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Produce) -> Result<(), Refusal> {
+fn produce(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    id: &KeyId,
+    signer: &KeyInfo,
+    p: &pb::Produce,
+) -> Result<(), Refusal> {
     let ent = enterprise_of(v, signer, id)?;
     site(&ent, "produce.site_id", &p.site_id)?;
     let s = substance(ctx, "produce.substance", &p.substance)?;
@@ -547,15 +697,36 @@ fn produce(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &p
             p.lot, lot.created_by_entry
         )));
     }
-    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &p.lot };
+    let h = Holding {
+        enterprise: &ent.credit_code,
+        site: &p.site_id,
+        substance: &s.id,
+        lot: &p.lot,
+    };
     let bal = v.balance(&h).map_err(se)?;
-    let new = bal.checked_add(q).ok_or_else(|| invalid("produce.quantity.amount", "book stock would overflow u64"))?;
-    v.put(key::lot(&p.lot), &LotView { substance: s.id.clone(), created_by: ent.credit_code.clone(), created_by_entry: ctx.index, derived_from: None });
+    let new = bal
+        .checked_add(q)
+        .ok_or_else(|| invalid("produce.quantity.amount", "book stock would overflow u64"))?;
+    v.put(
+        key::lot(&p.lot),
+        &LotView {
+            substance: s.id.clone(),
+            created_by: ent.credit_code.clone(),
+            created_by_entry: ctx.index,
+            derived_from: None,
+        },
+    );
     v.put(key::balance(&h), &new);
     Ok(())
 }
 
-fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Ship) -> Result<(), Refusal> {
+fn ship(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    id: &KeyId,
+    signer: &KeyInfo,
+    p: &pb::Ship,
+) -> Result<(), Refusal> {
     let ent = enterprise_of(v, signer, id)?;
     site(&ent, "ship.site_id", &p.site_id)?;
     let s = substance(ctx, "ship.substance", &p.substance)?;
@@ -564,14 +735,20 @@ fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::
     text("ship.payment_method", &p.payment_method, 64)?;
     let pm = p.payment_method.to_ascii_lowercase();
     if pm == "cash" || pm == "barter" {
-        return Err(precondition("ship.payment_method", "cash and barter trades are forbidden"));
+        return Err(precondition(
+            "ship.payment_method",
+            "cash and barter trades are forbidden",
+        ));
     }
     let lot = v
         .get::<LotView>(&key::lot(&p.lot))
         .map_err(se)?
         .ok_or_else(|| precondition("ship.lot", format!("lot `{}` does not exist", p.lot)))?;
     if lot.substance != s.id {
-        return Err(precondition("ship.lot", format!("lot `{}` is {}, not {}", p.lot, lot.substance, s.id)));
+        return Err(precondition(
+            "ship.lot",
+            format!("lot `{}` is {}, not {}", p.lot, lot.substance, s.id),
+        ));
     }
     let same_enterprise = p.consignee == ent.credit_code;
     if !same_enterprise {
@@ -580,15 +757,22 @@ fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::
     let consignee = v
         .get::<EnterpriseView>(&key::enterprise(&p.consignee))
         .map_err(se)?
-        .ok_or_else(|| precondition("ship.consignee", format!("`{}` is not an enrolled enterprise", p.consignee)))?;
+        .ok_or_else(|| {
+            precondition(
+                "ship.consignee",
+                format!("`{}` is not an enrolled enterprise", p.consignee),
+            )
+        })?;
     site(&consignee, "ship.consignee_site", &p.consignee_site)?;
     if same_enterprise && p.consignee_site == p.site_id {
-        return Err(invalid("ship.consignee_site", "a shipment must go to another site"));
+        return Err(invalid(
+            "ship.consignee_site",
+            "a shipment must go to another site",
+        ));
     }
     if !same_enterprise {
-        licensed(&consignee, s.category, Activity::Purchase, ctx.now_ms).map_err(|r| {
-            Refusal::precondition(format!("ship.consignee: {}", r.message))
-        })?;
+        licensed(&consignee, s.category, Activity::Purchase, ctx.now_ms)
+            .map_err(|r| Refusal::precondition(format!("ship.consignee: {}", r.message)))?;
     }
     if p.permit.is_some() {
         entry_ref(ctx, "ship.permit", p.permit.as_ref())?;
@@ -596,10 +780,22 @@ fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::
     if p.transport_permit.is_some() {
         entry_ref(ctx, "ship.transport_permit", p.transport_permit.as_ref())?;
     }
-    if !p.carrier.is_empty() && v.get::<EnterpriseView>(&key::enterprise(&p.carrier)).map_err(se)?.is_none() {
-        return Err(precondition("ship.carrier", format!("`{}` is not an enrolled enterprise", p.carrier)));
+    if !p.carrier.is_empty()
+        && v.get::<EnterpriseView>(&key::enterprise(&p.carrier))
+            .map_err(se)?
+            .is_none()
+    {
+        return Err(precondition(
+            "ship.carrier",
+            format!("`{}` is not an enrolled enterprise", p.carrier),
+        ));
     }
-    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &p.lot };
+    let h = Holding {
+        enterprise: &ent.credit_code,
+        site: &p.site_id,
+        substance: &s.id,
+        lot: &p.lot,
+    };
     let bal = v.balance(&h).map_err(se)?;
     let Some(new) = bal.checked_sub(q) else {
         return Err(precondition(
@@ -627,14 +823,28 @@ fn ship(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::
     Ok(())
 }
 
-fn receive(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::Receive) -> Result<(), Refusal> {
+fn receive(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    id: &KeyId,
+    signer: &KeyInfo,
+    p: &pb::Receive,
+) -> Result<(), Refusal> {
     let ent = enterprise_of(v, signer, id)?;
     let ship_index = entry_ref(ctx, "receive.ship", p.ship.as_ref())?;
     let mut shipment = v
         .get::<ShipmentView>(&key::shipment(ship_index))
         .map_err(se)?
         .filter(|s| s.to_enterprise == ent.credit_code)
-        .ok_or_else(|| precondition("receive.ship", format!("entry {ship_index} is not a shipment to {}", ent.credit_code)))?;
+        .ok_or_else(|| {
+            precondition(
+                "receive.ship",
+                format!(
+                    "entry {ship_index} is not a shipment to {}",
+                    ent.credit_code
+                ),
+            )
+        })?;
     if let Some(r) = &shipment.received {
         return Err(Refusal::already_exists(format!(
             "receive.ship: shipment {ship_index} was already received by entry {}",
@@ -643,25 +853,41 @@ fn receive(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &p
     }
     site(&ent, "receive.site_id", &p.site_id)?;
     if p.site_id != shipment.to_site {
-        return Err(precondition("receive.site_id", format!("shipment {ship_index} is consigned to site `{}`", shipment.to_site)));
+        return Err(precondition(
+            "receive.site_id",
+            format!(
+                "shipment {ship_index} is consigned to site `{}`",
+                shipment.to_site
+            ),
+        ));
     }
     let s = substance(ctx, "receive.substance", &shipment.substance)?;
     let q = quantity("receive.quantity", p.quantity.as_ref(), s, false)?;
     if q > shipment.quantity {
         return Err(precondition(
             "receive.quantity.amount",
-            format!("{q} exceeds the {} shipped by entry {ship_index}", shipment.quantity),
+            format!(
+                "{q} exceeds the {} shipped by entry {ship_index}",
+                shipment.quantity
+            ),
         ));
     }
     if shipment.from_enterprise != ent.credit_code {
         licensed(&ent, s.category, Activity::Purchase, ctx.now_ms)?;
     }
-    let lot_id = if p.lot.is_empty() { shipment.lot.clone() } else { p.lot.clone() };
+    let lot_id = if p.lot.is_empty() {
+        shipment.lot.clone()
+    } else {
+        p.lot.clone()
+    };
     ident("receive.lot", &lot_id)?;
     let new_lot = if lot_id != shipment.lot {
         match v.get::<LotView>(&key::lot(&lot_id)).map_err(se)? {
             Some(l) if l.substance != s.id => {
-                return Err(precondition("receive.lot", format!("lot `{lot_id}` is {}, not {}", l.substance, s.id)))
+                return Err(precondition(
+                    "receive.lot",
+                    format!("lot `{lot_id}` is {}, not {}", l.substance, s.id),
+                ))
             }
             Some(_) => None,
             None => Some(LotView {
@@ -674,26 +900,51 @@ fn receive(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &p
     } else {
         None
     };
-    let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &lot_id };
+    let h = Holding {
+        enterprise: &ent.credit_code,
+        site: &p.site_id,
+        substance: &s.id,
+        lot: &lot_id,
+    };
     let bal = v.balance(&h).map_err(se)?;
-    let new = bal.checked_add(q).ok_or_else(|| invalid("receive.quantity.amount", "book stock would overflow u64"))?;
+    let new = bal
+        .checked_add(q)
+        .ok_or_else(|| invalid("receive.quantity.amount", "book stock would overflow u64"))?;
     if let Some(l) = new_lot {
         v.put(key::lot(&lot_id), &l);
     }
     v.put(key::balance(&h), &new);
-    shipment.received = Some(ReceivedView { receive_entry: ctx.index, site: p.site_id.clone(), lot: lot_id.clone(), quantity: q, at_ms: ctx.now_ms });
+    shipment.received = Some(ReceivedView {
+        receive_entry: ctx.index,
+        site: p.site_id.clone(),
+        lot: lot_id.clone(),
+        quantity: q,
+        at_ms: ctx.now_ms,
+    });
     v.put(key::shipment(ship_index), &shipment);
     Ok(())
 }
 
-fn stock_take(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p: &pb::StockTake) -> Result<(), Refusal> {
+fn stock_take(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    id: &KeyId,
+    signer: &KeyInfo,
+    p: &pb::StockTake,
+) -> Result<(), Refusal> {
     let ent = enterprise_of(v, signer, id)?;
     site(&ent, "stock_take.site_id", &p.site_id)?;
     if p.counts.is_empty() {
-        return Err(invalid("stock_take.counts", "must count at least one substance × lot"));
+        return Err(invalid(
+            "stock_take.counts",
+            "must count at least one substance × lot",
+        ));
     }
     if p.counts.len() > 1000 {
-        return Err(invalid("stock_take.counts", "at most 1000 counts per record"));
+        return Err(invalid(
+            "stock_take.counts",
+            "at most 1000 counts per record",
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut writes = Vec::new();
@@ -703,10 +954,25 @@ fn stock_take(ctx: &Ctx<'_>, v: &mut Views<'_>, id: &KeyId, signer: &KeyInfo, p:
         let q = quantity(&format!("{f}.quantity"), c.quantity.as_ref(), s, true)?;
         ident(&format!("{f}.lot"), &c.lot)?;
         if !seen.insert((c.substance.clone(), c.lot.clone())) {
-            return Err(invalid(&f, format!("{} lot `{}` counted twice", c.substance, c.lot)));
+            return Err(invalid(
+                &f,
+                format!("{} lot `{}` counted twice", c.substance, c.lot),
+            ));
         }
-        let h = Holding { enterprise: &ent.credit_code, site: &p.site_id, substance: &s.id, lot: &c.lot };
-        writes.push((key::count(&h), CountView { quantity: q, entry: ctx.index, at_ms: ctx.now_ms }));
+        let h = Holding {
+            enterprise: &ent.credit_code,
+            site: &p.site_id,
+            substance: &s.id,
+            lot: &c.lot,
+        };
+        writes.push((
+            key::count(&h),
+            CountView {
+                quantity: q,
+                entry: ctx.index,
+                at_ms: ctx.now_ms,
+            },
+        ));
     }
     for (k, c) in writes {
         v.put(k, &c);

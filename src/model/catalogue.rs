@@ -68,7 +68,15 @@ impl Catalogue {
                 3 => Category::Precursor3,
                 _ => return Err(format!("precursor list row {}: category {cat}", n + 2)),
             };
-            rows.push((cat, item, category, field(2), field(3), field(4), field(5) == "true"));
+            rows.push((
+                cat,
+                item,
+                category,
+                field(2),
+                field(3),
+                field(4),
+                field(5) == "true",
+            ));
         }
         // CAS-less rows: `PC<cat>-<item>`, with a letter suffix when an item has several.
         let mut no_cas: BTreeMap<(u8, u32), usize> = BTreeMap::new();
@@ -171,9 +179,9 @@ impl Catalogue {
     /// Finds a substance by id, CAS number, or exact English or Chinese name.
     pub fn lookup(&self, key: &str) -> Option<&Substance> {
         self.get(key).or_else(|| {
-            self.by_id.values().find(|s| {
-                s.cas == key || s.name_en.eq_ignore_ascii_case(key) || s.name_zh == key
-            })
+            self.by_id
+                .values()
+                .find(|s| s.cas == key || s.name_en.eq_ignore_ascii_case(key) || s.name_zh == key)
         })
     }
 }

@@ -2,7 +2,9 @@
 //! and administrative division codes (行政区划代码, GB/T 2260).
 
 const CODE_CHARS: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-const WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+const WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
 
 fn value(c: u8) -> Option<u32> {
     CODE_CHARS.iter().position(|&x| x == c).map(|p| p as u32)
@@ -37,7 +39,9 @@ pub fn check_credit_code(code: &str) -> Result<(), String> {
         ));
     };
     if !code.ends_with(want) {
-        return Err(format!("`{code}` fails its check character (expected {want})"));
+        return Err(format!(
+            "`{code}` fails its check character (expected {want})"
+        ));
     }
     Ok(())
 }
@@ -54,7 +58,11 @@ pub fn check_region_code(code: &str, prefix_ok: bool) -> Result<(), String> {
     if !digits || !len_ok {
         return Err(format!(
             "`{code}` is not a {} administrative division code",
-            if prefix_ok { "0/2/4/6-digit" } else { "6-digit" }
+            if prefix_ok {
+                "0/2/4/6-digit"
+            } else {
+                "6-digit"
+            }
         ));
     }
     Ok(())

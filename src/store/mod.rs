@@ -31,13 +31,15 @@ pub enum StoreError {
 
 /// A batch of view changes: key → new value (`None` deletes).
 pub type ViewBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// Key-value pairs read from a view store.
+pub type ViewPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The derived-state store.
 pub trait ViewStore: Send {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All keys with `prefix`, in key order.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError>;
     /// Applies a batch atomically.
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
     /// Removes everything.
@@ -54,18 +56,27 @@ pub struct MemoryViews {
 
 impl ViewStore for MemoryViews {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+        let m = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Views("poisoned".into()))?;
         Ok(m.get(key).cloned())
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+        let m = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Views("poisoned".into()))?;
         Ok(m.range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
-        let mut m = self.map.lock().map_err(|_| StoreError::Views("poisoned".into()))?;
+        let mut m = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Views("poisoned".into()))?;
         for (k, v) in batch {
             match v {
                 Some(v) => m.insert(k, v),
@@ -146,7 +157,7 @@ impl ViewStore for SledViews {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
     }
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
         self.tree
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
@@ -208,7 +219,11 @@ mod tests {
             v.flush().unwrap();
         }
         // What a kill during sled::open leaves behind.
-        std::fs::write(dir.path().join("snap.0000000000000001.generating"), b"partial").unwrap();
+        std::fs::write(
+            dir.path().join("snap.0000000000000001.generating"),
+            b"partial",
+        )
+        .unwrap();
         let v = SledViews::open(dir.path()).unwrap();
         assert_eq!(v.get(b"k").unwrap(), Some(b"v".to_vec()));
         assert!(!dir.path().join("snap.0000000000000001.generating").exists());

@@ -11,8 +11,8 @@
 //! else is data loss, reported with the segment, offset and index, never skipped.
 
 use super::StoreError;
-use crate::codec::{check_frame, frame_into, leaf_hash, FrameError};
 pub use crate::codec::FRAME_OVERHEAD_U64 as FRAME_OVERHEAD;
+use crate::codec::{check_frame, frame_into, leaf_hash, FrameError};
 use crate::merkle::Hash;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -20,6 +20,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+/// Read handles of segment files, by first index.
+type OpenFiles = Vec<(u64, Arc<File>)>;
 
 /// Where an entry's frame lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,7 +81,7 @@ pub struct SegmentLog {
     active: File,
     active_len: u64,
     end: Position,
-    readers: Arc<RwLock<Vec<(u64, Arc<File>)>>>,
+    readers: Arc<RwLock<OpenFiles>>,
 }
 
 fn seg_name(first: u64) -> String {
@@ -100,7 +102,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
         let ent = ent.map_err(|e| io("read dir", dir, e))?;
         let name = ent.file_name();
         let name = name.to_string_lossy();
-        if let Some(num) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".tzl")) {
+        if let Some(num) = name
+            .strip_prefix("seg-")
+            .and_then(|s| s.strip_suffix(".tzl"))
+        {
             let first = num.parse::<u64>().map_err(|_| StoreError::DataLoss {
                 what: format!("segment file name `{name}` is not seg-<20 digits>.tzl"),
             })?;
@@ -160,7 +165,7 @@ impl SegmentLog {
             let last = i + 1 == segments.len();
             let path = dir.join(seg_name(first));
             let data = fs::read(&path).map_err(|e| io("read", &path, e))?;
-            if first != pos.entries {
+            if i > start_seg && first != pos.entries {
                 return Err(StoreError::DataLoss {
                     what: format!(
                         "segment {} starts at index {first}, but the previous segments end at {}",
@@ -169,7 +174,11 @@ impl SegmentLog {
                     ),
                 });
             }
-            let mut off = if first == from.segment { from.offset } else { 0 } as usize;
+            let mut off = if first == from.segment {
+                from.offset
+            } else {
+                0
+            } as usize;
             if off > data.len() {
                 return Err(StoreError::DataLoss {
                     what: format!(
@@ -225,7 +234,8 @@ impl SegmentLog {
                     .write(true)
                     .open(&path)
                     .map_err(|e| io("open", &path, e))?;
-                f.set_len(off as u64).map_err(|e| io("truncate", &path, e))?;
+                f.set_len(off as u64)
+                    .map_err(|e| io("truncate", &path, e))?;
                 f.sync_all().map_err(|e| io("fsync", &path, e))?;
                 tracing::warn!(segment = %path.display(), offset = off, bytes = torn_bytes_cut, "cut torn tail");
             }
@@ -337,7 +347,7 @@ impl SegmentLog {
 #[derive(Clone)]
 pub struct SegmentReader {
     dir: PathBuf,
-    files: Arc<RwLock<Vec<(u64, Arc<File>)>>>,
+    files: Arc<RwLock<OpenFiles>>,
 }
 
 impl SegmentReader {
@@ -359,11 +369,12 @@ impl SegmentReader {
     pub fn read(&self, loc: Location) -> Result<(Vec<u8>, Hash), StoreError> {
         let f = self.file(loc.segment)?;
         let mut buf = vec![0u8; loc.len as usize + FRAME_OVERHEAD as usize];
-        f.read_exact_at(&mut buf, loc.offset).map_err(|e| StoreError::Io {
-            op: "read",
-            path: self.dir.join(seg_name(loc.segment)).display().to_string(),
-            reason: e.to_string(),
-        })?;
+        f.read_exact_at(&mut buf, loc.offset)
+            .map_err(|e| StoreError::Io {
+                op: "read",
+                path: self.dir.join(seg_name(loc.segment)).display().to_string(),
+                reason: e.to_string(),
+            })?;
         let stored_len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
         let leaf = buf[4..4 + loc.len as usize].to_vec();
         let mut stored = [0u8; 32];
@@ -379,4 +390,3 @@ impl SegmentReader {
         Ok((leaf, stored))
     }
 }
-
