@@ -134,85 +134,75 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<Streaming<pb::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        // Three stages, each in order: read chunks and prepare them in parallel (signatures on
+        // all cores) → hand them to the writer in stream order → send results in stream order.
         let mut input = req.into_inner();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<pb::SubmitResult, Status>>(1024);
+        let (prep_tx, mut prep_rx) =
+            tokio::sync::mpsc::channel::<Stage<tokio::task::JoinHandle<Prepped>>>(4);
+        let (wait_tx, mut wait_rx) = tokio::sync::mpsc::channel::<Stage<Pending>>(64);
         let ledger = self.ledger.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::SubmitResult, Status>>(1024);
         tokio::spawn(async move {
-            // Take whatever has arrived (up to a chunk), submit it as one job, keep order.
-            let (jobs_tx, mut jobs_rx) = tokio::sync::mpsc::channel::<
-                tokio::task::JoinHandle<Vec<Result<Receipt, Refusal>>>,
-            >(64);
-            let out = tx.clone();
-            let sender = tokio::spawn(async move {
-                while let Some(h) = jobs_rx.recv().await {
-                    let results = h.await.unwrap_or_default();
-                    for r in results {
-                        if out.send(Ok(result_pb(r))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-            let mut buf = Vec::new();
             loop {
                 let first = match input.next().await {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = prep_tx.send(Stage::Error(e)).await;
                         break;
                     }
                     None => break,
                 };
-                buf.push(first);
-                // Drain what is already buffered without waiting.
-                while buf.len() < 1024 {
-                    match futures_now(&mut input) {
-                        Some(Some(Ok(m))) => buf.push(m),
+                let mut chunk = vec![first];
+                // Take what has already arrived, without waiting.
+                while chunk.len() < STREAM_CHUNK {
+                    match poll_now(&mut input) {
+                        Some(Some(Ok(m))) => chunk.push(m),
                         _ => break,
                     }
                 }
-                let subs: Vec<Result<Submission, Refusal>> =
-                    buf.drain(..).map(|m| submission(m.record)).collect();
+                let n = chunk.len();
+                let subs: Vec<_> = chunk.into_iter().map(|m| submission(m.record)).collect();
                 let l = ledger.clone();
-                let h = tokio::spawn(async move {
-                    let (ok, errs): (Vec<_>, Vec<_>) =
-                        subs.into_iter().enumerate().partition(|(_, s)| s.is_ok());
-                    let l2 = l.clone();
-                    let oks: Vec<Submission> = ok.into_iter().filter_map(|(_, s)| s.ok()).collect();
-                    let idx_ok: Vec<usize> = Vec::new();
-                    drop(idx_ok);
-                    let prepared = tokio::task::spawn_blocking(move || l2.prepare_parallel(oks))
-                        .await
-                        .unwrap_or_default();
-                    let mut results = l.submit_prepared(prepared).await.into_iter();
-                    let total = results.len() + errs.len();
-                    let mut errs = errs.into_iter().peekable();
-                    let mut out = Vec::with_capacity(total);
-                    for i in 0..total {
-                        if errs.peek().is_some_and(|(j, _)| *j == i) {
-                            let (_, e) = errs
-                                .next()
-                                .unwrap_or((i, Err(Refusal::internal("order".into()))));
-                            out.push(Err(e
-                                .err()
-                                .unwrap_or_else(|| Refusal::internal("order".into()))));
-                        } else {
-                            out.push(results.next().unwrap_or_else(|| {
-                                Err(Refusal::internal("missing result".into()))
-                            }));
-                        }
-                    }
-                    out
-                });
-                if jobs_tx.send(h).await.is_err() {
+                let h = tokio::task::spawn_blocking(move || l.prepare_all(subs));
+                if prep_tx.send(Stage::Chunk(n, h)).await.is_err() {
                     break;
                 }
             }
-            drop(jobs_tx);
-            let _ = sender.await;
+        });
+        let ledger = self.ledger.clone();
+        tokio::spawn(async move {
+            while let Some(stage) = prep_rx.recv().await {
+                let next = match stage {
+                    Stage::Chunk(n, h) => {
+                        let items = h.await.unwrap_or_else(|_| crate::ledger::panicked(n));
+                        Stage::Chunk(n, Box::pin(ledger.enqueue(items).await) as Pending)
+                    }
+                    Stage::Error(e) => Stage::Error(e),
+                };
+                if wait_tx.send(next).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(stage) = wait_rx.recv().await {
+                match stage {
+                    Stage::Chunk(_, results) => {
+                        for r in results.await {
+                            if out_tx.send(Ok(result_pb(r))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Stage::Error(e) => {
+                        let _ = out_tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
         });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
         )))
     }
 
@@ -392,8 +382,20 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 }
 
+/// Most records a stream hands to the writer as one job.
+const STREAM_CHUNK: usize = 1024;
+
+type Prepped = Vec<Result<crate::ledger::Prepared, Refusal>>;
+type Pending = Pin<Box<dyn std::future::Future<Output = Vec<Result<Receipt, Refusal>>> + Send>>;
+
+/// A stage of the streaming pipeline: a chunk of `n` records, or the input stream's error.
+enum Stage<T> {
+    Chunk(usize, T),
+    Error(Status),
+}
+
 /// Polls a stream once without waiting: `Some(item)` if one is ready.
-fn futures_now<S: Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
+fn poll_now<S: Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match Pin::new(s).poll_next(&mut cx) {

@@ -170,6 +170,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `n` refusals for records whose preparation panicked (keeps results aligned with requests).
+pub fn panicked<T>(n: usize) -> Vec<Result<T, Refusal>> {
+    (0..n)
+        .map(|_| {
+            Err(Refusal::internal(
+                "preparing the record failed unexpectedly".into(),
+            ))
+        })
+        .collect()
+}
+
 /// The single writer's own state.
 struct Writer {
     log: SegmentLog,
@@ -455,24 +466,34 @@ impl Ledger {
         })
     }
 
-    /// Submits prepared records (or refusals from preparing them) as one job; results come back
-    /// in order, each after its group is durable.
+    /// Hands prepared records (or refusals from preparing them) to the writer as one job, in
+    /// call order, and returns a future of their results (each after its group is durable).
+    pub async fn enqueue(
+        &self,
+        items: Vec<Result<Prepared, Refusal>>,
+    ) -> impl std::future::Future<Output = Vec<Result<Receipt, Refusal>>> + Send + 'static {
+        let n = items.len();
+        let stopped = move || -> Vec<Result<Receipt, Refusal>> {
+            (0..n)
+                .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
+                .collect()
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.send(Msg::Job(Job { items, reply })).await.is_ok();
+        async move {
+            if !sent {
+                return stopped();
+            }
+            rx.await.unwrap_or_else(|_| stopped())
+        }
+    }
+
+    /// Submits prepared records as one job and waits for their results.
     pub async fn submit_prepared(
         &self,
         items: Vec<Result<Prepared, Refusal>>,
     ) -> Vec<Result<Receipt, Refusal>> {
-        let n = items.len();
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::Job(Job { items, reply })).await.is_err() {
-            return (0..n)
-                .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
-                .collect();
-        }
-        rx.await.unwrap_or_else(|_| {
-            (0..n)
-                .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
-                .collect()
-        })
+        self.enqueue(items).await.await
     }
 
     /// Submits one signed record.
@@ -486,23 +507,30 @@ impl Ledger {
 
     /// Submits many records; signatures are checked on all cores first.
     pub async fn submit_many(&self, subs: Vec<Submission>) -> Vec<Result<Receipt, Refusal>> {
+        let n = subs.len();
         let this = self.clone();
-        let prepared = tokio::task::spawn_blocking(move || this.prepare_parallel(subs))
-            .await
-            .unwrap_or_default();
+        let prepared = tokio::task::spawn_blocking(move || {
+            this.prepare_all(subs.into_iter().map(Ok).collect())
+        })
+        .await
+        .unwrap_or_else(|_| panicked(n));
         self.submit_prepared(prepared).await
     }
 
-    /// Prepares records on all available cores.
-    pub fn prepare_parallel(&self, subs: Vec<Submission>) -> Vec<Result<Prepared, Refusal>> {
+    /// Prepares submissions on all available cores, keeping their order; refusals pass through.
+    pub fn prepare_all(
+        &self,
+        subs: Vec<Result<Submission, Refusal>>,
+    ) -> Vec<Result<Prepared, Refusal>> {
+        let one = |s: Result<Submission, Refusal>| s.and_then(|s| self.prepare(s));
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         if subs.len() < 64 || threads == 1 {
-            return subs.into_iter().map(|s| self.prepare(s)).collect();
+            return subs.into_iter().map(one).collect();
         }
         let chunk = subs.len().div_ceil(threads);
-        let mut chunks: Vec<Vec<Submission>> = Vec::new();
+        let mut chunks: Vec<Vec<Result<Submission, Refusal>>> = Vec::new();
         let mut it = subs.into_iter().peekable();
         while it.peek().is_some() {
             chunks.push(it.by_ref().take(chunk).collect());
@@ -511,12 +539,15 @@ impl Ledger {
             let handles: Vec<_> = chunks
                 .into_iter()
                 .map(|c| {
-                    scope.spawn(move || c.into_iter().map(|s| self.prepare(s)).collect::<Vec<_>>())
+                    (
+                        c.len(),
+                        scope.spawn(move || c.into_iter().map(one).collect::<Vec<_>>()),
+                    )
                 })
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+                .flat_map(|(n, h)| h.join().unwrap_or_else(|_| panicked(n)))
                 .collect()
         })
     }
