@@ -4,7 +4,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/taizhang/v1/records.proto", "proto/taizhang/v1/ledger.proto"];
+    let protos = [
+        "proto/taizhang/v1/records.proto",
+        "proto/taizhang/v1/ledger.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

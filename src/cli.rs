@@ -723,7 +723,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
                     quantity: Some(mg(10_000_000)),
                     consignee: buyer.clone(),
                     consignee_site: "wh-1".into(),
-                    payment_method: "bank transfer".into(),
+                    payment_method: "bank_transfer".into(),
                     ..Default::default()
                 }),
                 now_ms(),
@@ -779,7 +779,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
                     quantity: Some(mg(20_000_000)),
                     consignee: buyer.clone(),
                     consignee_site: "wh-1".into(),
-                    payment_method: "bank transfer".into(),
+                    payment_method: "bank_transfer".into(),
                     ..Default::default()
                 }),
                 now_ms(),

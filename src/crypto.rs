@@ -27,7 +27,7 @@ pub enum CryptoError {
         expected: usize,
         got: usize,
     },
-    #[error("{field}: not a valid Ed25519 public key")]
+    #[error("{field}: not a valid, canonically encoded Ed25519 public key")]
     BadPublicKey { field: &'static str },
     #[error("{field}: public key has small order and is refused")]
     WeakPublicKey { field: &'static str },
@@ -101,6 +101,11 @@ pub fn parse_public_key(field: &'static str, bytes: &[u8]) -> Result<VerifyingKe
         got: bytes.len(),
     })?;
     let key = VerifyingKey::from_bytes(&arr).map_err(|_| CryptoError::BadPublicKey { field })?;
+    // A non-canonical encoding (y >= p) names the same point as another byte string, and so
+    // would give one key two key ids.
+    if key.to_edwards().compress().to_bytes() != arr {
+        return Err(CryptoError::BadPublicKey { field });
+    }
     if key.is_weak() {
         return Err(CryptoError::WeakPublicKey { field });
     }
@@ -337,6 +342,24 @@ mod tests {
             parse_public_key("public_key", &[0u8; 31]),
             Err(CryptoError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        // y = p + 3 (on the curve, not of small order) encodes the same point as y = 3;
+        // p = 2^255 - 19 is ed ff .. ff 7f little-endian, so p + 3 is f0 ff .. ff 7f.
+        let p_plus_3 = {
+            let mut b = [0xffu8; 32];
+            b[0] = 0xf0;
+            b[31] = 0x7f;
+            b
+        };
+        assert_eq!(
+            parse_public_key("public_key", &p_plus_3),
+            Err(CryptoError::BadPublicKey {
+                field: "public_key"
+            })
+        );
     }
 
     #[test]

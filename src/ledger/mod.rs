@@ -31,6 +31,9 @@ use views::{key, EntryView, GenesisView, Head, KeyInfo, Views, META_GENESIS, MET
 
 /// Most records committed in one group.
 pub const MAX_GROUP: usize = 4096;
+/// A group stops taking jobs once its bodies pass this many bytes (so a torn tail, which can
+/// only be the last group's unfinished write, is bounded: see `store::segment::MAX_TORN_BYTES`).
+pub const MAX_GROUP_BYTES: usize = crate::store::segment::MAX_GROUP_BYTES as usize;
 /// Default size at which a new segment file is started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 256 << 20;
 
@@ -142,6 +145,7 @@ struct Shared {
     read: RwLock<ReadState>,
     key_cache: RwLock<HashMap<KeyId, VerifyingKey>>,
     evidence_dir: PathBuf,
+    checkpoint_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
 }
@@ -168,6 +172,18 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// File beside the log holding the latest signed checkpoint note.
+pub const CHECKPOINT_FILE: &str = "checkpoint.note";
+
+/// Replaces the kept checkpoint atomically (write, then rename). Not fsynced: after a power
+/// loss it may be one group behind, which only weakens the check, never breaks a start.
+fn persist_checkpoint(path: &Path, note: &str) -> Result<(), Refusal> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, note)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Refusal::unavailable(format!("{}: {e}", path.display())))
 }
 
 /// `n` refusals for records whose preparation panicked (keeps results aligned with requests).
@@ -329,6 +345,26 @@ impl Ledger {
         let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
             .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
         let size = tree.size();
+        // Never sign a checkpoint inconsistent with one signed before: the last one signed is
+        // kept beside the log, and the log must still hold it, with the same root.
+        let cp_path = cfg.data_dir.join(CHECKPOINT_FILE);
+        if let Ok(note) = std::fs::read_to_string(&cp_path) {
+            let last =
+                crate::verify::open_ledger_checkpoint(&note, &cfg.ledger_key.verifying_key())
+                    .map_err(|e| {
+                        Refusal::new(Code::DataLoss, format!("{}: {e}", cp_path.display()))
+                    })?;
+            let root = merkle::root_at::<Blake3Hasher, _>(&tree, last.size);
+            if last.size > size || root != Some(last.root) {
+                return Err(Refusal::new(
+                    Code::DataLoss,
+                    format!(
+                        "this ledger signed a checkpoint of size {} that the log ({size} entries) no longer matches; refusing to sign an inconsistent one",
+                        last.size
+                    ),
+                ));
+            }
+        }
         let checkpoint = sign_checkpoint(
             &Checkpoint {
                 origin: genesis.origin.clone(),
@@ -339,6 +375,7 @@ impl Ledger {
             &note_signer,
         )
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
+        persist_checkpoint(&cp_path, &checkpoint)?;
         report.entries = size;
         let (size_tx, _) = watch::channel(size);
         let shared = Arc::new(Shared {
@@ -357,6 +394,7 @@ impl Ledger {
             }),
             key_cache: RwLock::new(HashMap::new()),
             evidence_dir: cfg.data_dir.join("evidence"),
+            checkpoint_path: cp_path,
             size_tx,
             poisoned: RwLock::new(None),
         });
@@ -945,11 +983,17 @@ fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::new();
         let mut n = 0;
+        let mut bytes = 0;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Job(j) => {
                     n += j.items.len();
+                    bytes += j
+                        .items
+                        .iter()
+                        .map(|i| i.as_ref().map_or(0, |p| p.body_bytes.len() + 512))
+                        .sum::<usize>();
                     jobs.push(j);
                 }
                 Msg::Close(done) => {
@@ -957,7 +1001,7 @@ fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
                     break;
                 }
             }
-            if n < MAX_GROUP {
+            if n < MAX_GROUP && bytes < MAX_GROUP_BYTES {
                 next = rx.try_recv().ok();
             }
         }
@@ -1086,13 +1130,17 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                     &shared.note_signer,
                 ) {
                     Ok(note) => {
+                        if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &note) {
+                            tracing::warn!(error = %e, "keeping the latest checkpoint");
+                        }
                         r.checkpoint = note;
                         r.checkpoint_size = size;
                     }
                     Err(e) => tracing::error!(error = %e, "signing checkpoint failed"),
                 }
                 drop(r);
-                let _ = shared.size_tx.send(size);
+                // send_replace: `send` would drop the value while nobody is watching.
+                shared.size_tx.send_replace(size);
             }
             Err(e) => {
                 tracing::error!(error = %e, "group append failed; nothing in it is acknowledged");
@@ -1194,7 +1242,6 @@ fn admit(
         ))
     })?;
     let head: Head = v.get(&key::head(&p.signer))?.unwrap_or_default();
-    rules::check_signer(&key_info, &p.signer, &p.payload, now)?;
     let seq = p.body.signer_seq;
     // Signature (precomputed when the key was known at prepare time).
     let sig = || -> Result<(), Refusal> {
@@ -1213,8 +1260,8 @@ fn admit(
         let held: u64 = v
             .get(&key::signer_seq(&p.signer, seq))?
             .ok_or_else(|| Refusal::internal(format!("no entry for {} seq {seq}", p.signer)))?;
-        let held_body = if held >= base {
-            pending[(held - base) as usize].leaf.body.clone()
+        let held_leaf = if held >= base {
+            pending[(held - base) as usize].leaf.clone()
         } else {
             let loc = shared
                 .read
@@ -1226,11 +1273,17 @@ fn admit(
                 .ok_or_else(|| Refusal::internal("location".into()))?;
             Leaf::decode(&shared.reader.read(loc)?.0)
                 .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {held}: {e}")))?
-                .body
         };
-        if held_body == p.body_bytes {
-            sig()?;
-            return Ok(Admitted::Duplicate(held));
+        // A retry is answered before the key's role and validity are judged again: the entry
+        // was valid when recorded, and a client that lost its receipt (say, to a crash) must be
+        // able to get it even after the key expired or was revoked.
+        if held_leaf.body == p.body_bytes {
+            if held_leaf.signature == p.signature && held_leaf.cosignatures == p.cosignatures {
+                return Ok(Admitted::Duplicate(held));
+            }
+            return Err(Refusal::already_exists(format!(
+                "record: entry {held} already holds this body, with other signatures or cosignatures"
+            )));
         }
         // A different body at a used seq: keep it as evidence if the key really signed it.
         sig()?;
@@ -1240,6 +1293,7 @@ fn admit(
             p.signer
         )));
     }
+    rules::check_signer(&key_info, &p.signer, &p.payload, now)?;
     if seq > head.next_seq {
         return Err(Refusal::precondition(format!(
             "body.signer_seq: {seq} leaves a gap; key {} must submit seq {} next",

@@ -732,14 +732,6 @@ fn ship(
     let s = substance(ctx, "ship.substance", &p.substance)?;
     let q = quantity("ship.quantity", p.quantity.as_ref(), s, false)?;
     ident("ship.lot", &p.lot)?;
-    text("ship.payment_method", &p.payment_method, 64)?;
-    let pm = p.payment_method.to_ascii_lowercase();
-    if pm == "cash" || pm == "barter" {
-        return Err(precondition(
-            "ship.payment_method",
-            "cash and barter trades are forbidden",
-        ));
-    }
     let lot = v
         .get::<LotView>(&key::lot(&p.lot))
         .map_err(se)?
@@ -752,6 +744,7 @@ fn ship(
     }
     let same_enterprise = p.consignee == ent.credit_code;
     if !same_enterprise {
+        payment_method("ship.payment_method", &p.payment_method)?;
         licensed(&ent, s.category, Activity::Sell, ctx.now_ms)?;
     }
     let consignee = v
@@ -774,11 +767,19 @@ fn ship(
         licensed(&consignee, s.category, Activity::Purchase, ctx.now_ms)
             .map_err(|r| Refusal::precondition(format!("ship.consignee: {}", r.message)))?;
     }
-    if p.permit.is_some() {
-        entry_ref(ctx, "ship.permit", p.permit.as_ref())?;
-    }
-    if p.transport_permit.is_some() {
-        entry_ref(ctx, "ship.transport_permit", p.transport_permit.as_ref())?;
+    for (field, r) in [
+        ("ship.permit", &p.permit),
+        ("ship.transport_permit", &p.transport_permit),
+    ] {
+        if r.is_some() {
+            let i = entry_ref(ctx, field, r.as_ref())?;
+            if v.raw_get(&key::permit(i)).map_err(se)?.is_none() {
+                return Err(precondition(
+                    field,
+                    format!("entry {i} is not a permit issued on this ledger"),
+                ));
+            }
+        }
     }
     if !p.carrier.is_empty()
         && v.get::<EnterpriseView>(&key::enterprise(&p.carrier))
@@ -820,6 +821,44 @@ fn ship(
             received: None,
         },
     );
+    Ok(())
+}
+
+/// Payment methods a sale may record. Cash and barter are forbidden by the regulations;
+/// anything unlisted is refused too, so that no variant spelling of either slips through.
+pub const PAYMENT_METHODS: &[&str] = &[
+    "bank_transfer",
+    "electronic_payment",
+    "cheque",
+    "letter_of_credit",
+    "bank_acceptance_bill",
+];
+
+const FORBIDDEN_PAYMENT: &[&str] = &["cash", "barter", "现金", "以物易物", "易货", "物物交换"];
+
+/// Checks a sale's payment method, normalised: trimmed, lowercase, spaces and hyphens as `_`.
+fn payment_method(field: &str, raw: &str) -> Result<(), Refusal> {
+    let m: String = raw
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| if c == ' ' || c == '-' { '_' } else { c })
+        .collect();
+    if FORBIDDEN_PAYMENT.iter().any(|f| m.contains(f)) {
+        return Err(precondition(
+            field,
+            format!("`{raw}`: cash and barter trades are forbidden"),
+        ));
+    }
+    if !PAYMENT_METHODS.contains(&m.as_str()) {
+        return Err(invalid(
+            field,
+            format!(
+                "`{raw}` is not a recorded payment method (one of {})",
+                PAYMENT_METHODS.join(", ")
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -184,6 +184,10 @@ pub mod key {
     pub fn count(h: &Holding<'_>) -> Vec<u8> {
         holding_key(b"c/", h)
     }
+    /// A permit issued by an `IssuePermit` entry (permit rules arrive with issue #3).
+    pub fn permit(issue_entry: u64) -> Vec<u8> {
+        [b"p/".as_slice(), &issue_entry.to_be_bytes()].concat()
+    }
     pub fn entry(index: u64) -> Vec<u8> {
         [b"x/".as_slice(), &index.to_be_bytes()].concat()
     }

@@ -20,6 +20,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+/// The writer closes a group once its records pass this many bytes; one job (at most a
+/// `SubmitBatch` of bounded size) may take it past, by at most `MAX_JOB_BYTES`.
+pub const MAX_GROUP_BYTES: u64 = 8 << 20;
+/// Largest single job the writer accepts into a group (the gRPC message limit).
+pub const MAX_JOB_BYTES: u64 = 64 << 20;
+/// A damaged region at the end of the log larger than this cannot be one unfinished group
+/// write, so it is data loss, not a torn tail.
+pub const MAX_TORN_BYTES: u64 = MAX_GROUP_BYTES + MAX_JOB_BYTES;
+
 /// Read handles of segment files, by first index.
 type OpenFiles = Vec<(u64, Arc<File>)>;
 
@@ -206,6 +215,16 @@ impl SegmentLog {
                         pos.entries += 1;
                         pos.last_hash = hash;
                         scanned += 1;
+                    }
+                    Err(_) if last && (data.len() - off) as u64 > MAX_TORN_BYTES => {
+                        return Err(StoreError::DataLoss {
+                            what: format!(
+                                "{} at offset {off} (entry {}): {} damaged bytes to the end, more than any unacknowledged group",
+                                path.display(),
+                                pos.entries,
+                                data.len() - off
+                            ),
+                        })
                     }
                     Err(FrameError::Incomplete) if last => {
                         torn_bytes_cut = (data.len() - off) as u64;

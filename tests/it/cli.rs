@@ -1,0 +1,362 @@
+//! The real `taizhang` binary: keygen, serve, submit (JSON and TOML), verify, export, reindex,
+//! demo — as a user runs them.
+
+use crate::common::*;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use taizhang::crypto;
+
+fn run(args: &[&str], cwd: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("TAIZHANG_LOG", "warn")
+        .output()
+        .expect("run taizhang")
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Serve(Child);
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &Path, keys: &Path) -> (Serve, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--origin", ORIGIN])
+        .arg("--data")
+        .arg(dir)
+        .arg("--ledger-key")
+        .arg(keys.join("ledger.key"))
+        .arg("--root-regulator")
+        .arg(keys.join("regulator.pub"))
+        .env("TAIZHANG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (Serve(child), format!("http://{addr}"))
+}
+
+fn keys_in(dir: &Path) -> std::path::PathBuf {
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(
+        keys.join("ledger.key"),
+        crypto::secret_key_text(&ledger_key()),
+    )
+    .unwrap();
+    std::fs::write(
+        keys.join("ledger.pub"),
+        crypto::public_key_text(&ledger_key().verifying_key()),
+    )
+    .unwrap();
+    std::fs::write(
+        keys.join("regulator.key"),
+        crypto::secret_key_text(&regulator_key()),
+    )
+    .unwrap();
+    std::fs::write(
+        keys.join("regulator.pub"),
+        crypto::public_key_text(&regulator_key().verifying_key()),
+    )
+    .unwrap();
+    keys
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&["keygen", "alice"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(id.len(), 32);
+    let secret = tmp.path().join("alice.key");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "secret key mode {mode:o}");
+    let pk = crypto::parse_public_key_text(
+        &std::fs::read_to_string(tmp.path().join("alice.pub")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(crypto::KeyId::of(&pk).to_hex(), id);
+    let sk = crypto::parse_secret_key_text(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    assert_eq!(sk.verifying_key(), pk);
+    let before = std::fs::read(&secret).unwrap();
+    let again = run(&["keygen", "alice"], tmp.path());
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("never overwrites"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read(&secret).unwrap(), before);
+}
+
+#[test]
+fn submit_json_and_toml_then_verify_receipts_and_export_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let (_srv, url) = serve(&tmp.path().join("data"), &keys);
+    let p = tmp.path();
+    let producer = code("91440300MA5JXN001");
+    let ent_key = ed25519_dalek::SigningKey::from_bytes(&[0x33; 32]);
+    std::fs::write(keys.join("ent.key"), crypto::secret_key_text(&ent_key)).unwrap();
+    let pk_b64 = base64_std(&ent_key.verifying_key().to_bytes());
+    let regulator_json = format!(
+        r#"{{"records": [
+  {{"enrolEnterprise": {{"creditCode": "{producer}", "name": "示例化工", "jurisdiction": "440305",
+     "licences": [{{"licenceNo": "P-1", "category": "CATEGORY_PRECURSOR_3", "activities": ["ACTIVITY_PRODUCE", "ACTIVITY_SELL"]}}],
+     "sites": [{{"siteId": "plant-1", "name": "Plant 1"}}]}}}},
+  {{"registerKey": {{"publicKey": "{pk_b64}", "role": "ROLE_ENTERPRISE", "enterprise": "{producer}", "holder": "ERP"}}}}
+]}}"#
+    );
+    std::fs::write(p.join("reg.json"), regulator_json).unwrap();
+    let o = run(
+        &[
+            "submit",
+            "reg.json",
+            "--key",
+            "keys/regulator.key",
+            "--server",
+            &url,
+            "--receipts",
+            "reg.receipts",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("records[1]: entry 2"), "{}", text(&o));
+    let toml = r#"
+[[records]]
+produce = { siteId = "plant-1", substance = "67-64-1", lot = "ACE-1", quantity = { amount = "5000000", unit = "UNIT_MILLIGRAM" } }
+
+[[records]]
+stock_take = { site_id = "plant-1", counts = [ { substance = "67-64-1", lot = "ACE-1", quantity = { amount = 4999000, unit = "UNIT_MILLIGRAM" } } ] }
+"#;
+    std::fs::write(p.join("ent.toml"), toml).unwrap();
+    let o = run(
+        &[
+            "submit",
+            "ent.toml",
+            "--key",
+            "keys/ent.key",
+            "--server",
+            &url,
+            "--receipts",
+            "ent.receipts",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // Submitting the same file again continues the key's chain from the server's head.
+    let o = run(
+        &[
+            "submit",
+            "ent.toml",
+            "--key",
+            "keys/ent.key",
+            "--server",
+            &url,
+        ],
+        p,
+    );
+    assert!(
+        !o.status.success(),
+        "a second produce of lot ACE-1 must be refused"
+    );
+    assert!(
+        text(&o).contains("AlreadyExists") && text(&o).contains("produce.lot"),
+        "{}",
+        text(&o)
+    );
+
+    for f in ["reg.receipts", "ent.receipts"] {
+        let o = run(
+            &["verify", "receipt", f, "--ledger-key", "keys/ledger.pub"],
+            p,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(text(&o).matches(": ok").count(), 2, "{}", text(&o));
+    }
+    // A tampered receipt (another index) fails with exit code 3.
+    let receipts = std::fs::read_to_string(p.join("ent.receipts")).unwrap();
+    let tampered = receipts.replacen("\"index\":\"3\"", "\"index\":\"2\"", 1);
+    assert_ne!(
+        tampered, receipts,
+        "receipt JSON layout changed: {receipts}"
+    );
+    std::fs::write(p.join("bad.receipts"), tampered).unwrap();
+    let o = run(
+        &[
+            "verify",
+            "receipt",
+            "bad.receipts",
+            "--ledger-key",
+            "keys/ledger.pub",
+        ],
+        p,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+
+    let o = run(
+        &[
+            "export",
+            "--server",
+            &url,
+            "--out",
+            "log.tzl",
+            "--checkpoint",
+            "cp.note",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &[
+            "verify",
+            "export",
+            "log.tzl",
+            "--checkpoint",
+            "cp.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ok: 5 entries"), "{}", text(&o));
+    let mut log = std::fs::read(p.join("log.tzl")).unwrap();
+    let mid = log.len() / 2;
+    log[mid] ^= 1;
+    std::fs::write(p.join("bad.tzl"), &log).unwrap();
+    let o = run(
+        &[
+            "verify",
+            "export",
+            "bad.tzl",
+            "--checkpoint",
+            "cp.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+        ],
+        p,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("entry"),
+        "the failure names where: {}",
+        text(&o)
+    );
+    // Checked against another ledger's key, the checkpoint itself fails.
+    let o = run(
+        &[
+            "verify",
+            "export",
+            "log.tzl",
+            "--checkpoint",
+            "cp.note",
+            "--ledger-key",
+            "keys/regulator.pub",
+        ],
+        p,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+}
+
+#[test]
+fn reindex_and_verify_a_stopped_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let data = tmp.path().join("data");
+    let p = tmp.path();
+    {
+        let (_srv, url) = serve(&data, &keys);
+        let o = run(
+            &[
+                "export",
+                "--server",
+                &url,
+                "--out",
+                "log.tzl",
+                "--checkpoint",
+                "cp.note",
+            ],
+            p,
+        );
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let d = data.to_str().unwrap();
+    let o = run(
+        &[
+            "reindex",
+            "--data",
+            d,
+            "--ledger-key",
+            "keys/ledger.key",
+            "--root-regulator",
+            "keys/regulator.pub",
+            "--origin",
+            ORIGIN,
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("reindexed 1 entries"), "{}", text(&o));
+    let o = run(
+        &[
+            "verify",
+            "data",
+            d,
+            "--checkpoint",
+            "cp.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn demo_runs_end_to_end_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&["demo"], tmp.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    for want in [
+        "produce:",
+        "ship:",
+        "receive:",
+        "stock take:",
+        "refused as expected: FailedPrecondition",
+        "verified offline: 9 entries",
+    ] {
+        assert!(t.contains(want), "missing `{want}` in:\n{t}");
+    }
+}
+
+fn base64_std(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}

@@ -1,0 +1,297 @@
+//! Shared fixtures: a ledger served over real gRPC on 127.0.0.1:0 in a temporary directory,
+//! signers for a regulator and enterprises, and helpers to build records.
+#![allow(dead_code)]
+
+use ed25519_dalek::SigningKey;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use taizhang::client::{entry_ref, mg, RecordSigner};
+use taizhang::crypto::{self, KeyId};
+use taizhang::ledger::{Config, Ledger};
+use taizhang::model::{credit_code_check_char, Catalogue};
+use taizhang::pb::{self, ledger_client::LedgerClient, record_body::Payload};
+use tonic::transport::Channel;
+
+pub const ORIGIN: &str = "taizhang.test/ledger";
+pub const EPHEDRINE: &str = "299-42-3";
+pub const ACETONE: &str = "67-64-1";
+
+pub fn regulator_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x52; 32])
+}
+
+pub fn ledger_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x4c; 32])
+}
+
+/// A valid credit code from a 17-character stem.
+pub fn code(stem: &str) -> String {
+    format!(
+        "{stem}{}",
+        credit_code_check_char(stem).expect("stem in alphabet")
+    )
+}
+
+pub fn config(dir: &Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        origin: ORIGIN.into(),
+        root_regulators: vec![pb::AuthorityKey {
+            public_key: regulator_key().verifying_key().to_bytes().to_vec(),
+            name: "test-regulator".into(),
+            agency: pb::Agency::PublicSecurity as i32,
+            jurisdiction: "44".into(),
+            validity: None,
+        }],
+        ledger_key: ledger_key(),
+        catalogue: Arc::new(Catalogue::embedded()),
+        max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
+    }
+}
+
+/// A ledger served on loopback; dropped = server stopped.
+pub struct Server {
+    pub ledger: Ledger,
+    pub url: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub async fn start_in(dir: &Path) -> Server {
+        Server::start_with(config(dir)).await
+    }
+
+    pub async fn start_with(cfg: Config) -> Server {
+        let dir = cfg.data_dir.clone();
+        let (ledger, _) = Ledger::open(cfg).expect("ledger opens");
+        let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let l2 = ledger.clone();
+        let task = tokio::spawn(async move {
+            taizhang::api::serve(l2, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            ledger,
+            url: format!("http://{addr}"),
+            dir,
+            _tmp: None,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> LedgerClient<Channel> {
+        LedgerClient::connect(self.url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self._tmp.take()
+    }
+}
+
+/// Everything a scenario needs: a regulator, a producer and a buyer with keys and sites.
+pub struct World {
+    pub reg: RecordSigner,
+    pub producer: String,
+    pub buyer: String,
+    pub p: RecordSigner,
+    pub b: RecordSigner,
+}
+
+pub fn licence(cat: pb::Category, acts: &[pb::Activity]) -> pb::Licence {
+    pb::Licence {
+        licence_no: format!("L-{}", cat as i32),
+        category: cat as i32,
+        activities: acts.iter().map(|a| *a as i32).collect(),
+        validity: None,
+    }
+}
+
+pub fn site(id: &str) -> pb::Site {
+    pb::Site {
+        site_id: id.into(),
+        name: id.into(),
+        address: "test".into(),
+    }
+}
+
+pub fn enrol(
+    code: &str,
+    jurisdiction: &str,
+    licences: Vec<pb::Licence>,
+    sites: &[&str],
+) -> Payload {
+    Payload::EnrolEnterprise(pb::EnrolEnterprise {
+        credit_code: code.into(),
+        name: format!("enterprise {code}"),
+        jurisdiction: jurisdiction.into(),
+        licences,
+        sites: sites.iter().map(|s| site(s)).collect(),
+    })
+}
+
+pub fn register(key: &SigningKey, enterprise: &str) -> Payload {
+    Payload::RegisterKey(pb::RegisterKey {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        role: pb::Role::Enterprise as i32,
+        enterprise: enterprise.into(),
+        jurisdiction: String::new(),
+        holder: "test".into(),
+        validity: None,
+    })
+}
+
+pub async fn submit(
+    c: &mut LedgerClient<Channel>,
+    r: pb::SignedRecord,
+) -> Result<pb::Receipt, tonic::Status> {
+    c.submit(pb::SubmitRequest { record: Some(r) })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl World {
+    /// Enrols a producer (category 1 and 3: produce, sell) and a buyer (purchase, sell) with one
+    /// site each, and registers one key for each.
+    pub async fn setup(c: &mut LedgerClient<Channel>) -> World {
+        let mut reg = RecordSigner::new(regulator_key(), ORIGIN).resume(0, [0; 32]);
+        let producer = code("91440300MA5PRDCR1");
+        let buyer = code("91440300MA5BUYER1");
+        let pk = SigningKey::from_bytes(&[0x50; 32]);
+        let bk = SigningKey::from_bytes(&[0x42; 32]);
+        use pb::{Activity::*, Category::*};
+        for p in [
+            enrol(
+                &producer,
+                "440305",
+                vec![
+                    licence(Precursor1, &[Produce, Sell]),
+                    licence(Precursor3, &[Produce, Sell]),
+                ],
+                &["plant-1", "plant-2"],
+            ),
+            enrol(
+                &buyer,
+                "440306",
+                vec![
+                    licence(Precursor1, &[Purchase, Sell]),
+                    licence(Precursor3, &[Purchase]),
+                ],
+                &["wh-1"],
+            ),
+            register(&pk, &producer),
+            register(&bk, &buyer),
+        ] {
+            submit(c, reg.sign(p, now()))
+                .await
+                .expect("setup record accepted");
+        }
+        World {
+            reg,
+            producer,
+            buyer,
+            p: RecordSigner::new(pk, ORIGIN),
+            b: RecordSigner::new(bk, ORIGIN),
+        }
+    }
+}
+
+pub fn produce(site: &str, substance: &str, lot: &str, amount: u64) -> Payload {
+    Payload::Produce(pb::Produce {
+        site_id: site.into(),
+        substance: substance.into(),
+        lot: lot.into(),
+        quantity: Some(mg(amount)),
+    })
+}
+
+pub fn ship(
+    site: &str,
+    substance: &str,
+    lot: &str,
+    amount: u64,
+    consignee: &str,
+    consignee_site: &str,
+) -> Payload {
+    Payload::Ship(pb::Ship {
+        site_id: site.into(),
+        substance: substance.into(),
+        lot: lot.into(),
+        quantity: Some(mg(amount)),
+        consignee: consignee.into(),
+        consignee_site: consignee_site.into(),
+        payment_method: "bank_transfer".into(),
+        ..Default::default()
+    })
+}
+
+pub fn receive(ship: &pb::Receipt, site: &str, amount: u64) -> Payload {
+    Payload::Receive(pb::Receive {
+        ship: Some(entry_ref(ORIGIN, ship.index, &ship.leaf_hash)),
+        site_id: site.into(),
+        quantity: Some(mg(amount)),
+        lot: String::new(),
+    })
+}
+
+pub fn stock_take(site: &str, substance: &str, lot: &str, amount: u64) -> Payload {
+    Payload::StockTake(pb::StockTake {
+        site_id: site.into(),
+        counts: vec![pb::StockCount {
+            substance: substance.into(),
+            lot: lot.into(),
+            quantity: Some(mg(amount)),
+        }],
+    })
+}
+
+pub fn key_id(k: &SigningKey) -> KeyId {
+    KeyId::of(&k.verifying_key())
+}
+
+pub fn sign_raw(key: &SigningKey, body: &pb::RecordBody) -> pb::SignedRecord {
+    let bytes = taizhang::codec::encode_body(body);
+    let signature = crypto::sign_record(key, &bytes).to_vec();
+    pb::SignedRecord {
+        body: bytes,
+        signature,
+        cosignatures: vec![],
+    }
+}
+
+/// Path of the built `taizhang` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taizhang"))
+}

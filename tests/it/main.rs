@@ -1,0 +1,10 @@
+//! Integration tests, compiled as one binary: real gRPC on loopback, the real CLI binary,
+//! and crash tests that kill the server process.
+
+mod common;
+
+mod cli;
+mod crash;
+mod ingest;
+mod offline;
+mod storage;
