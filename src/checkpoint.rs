@@ -414,7 +414,7 @@ pub struct Checkpoint {
     pub origin: String,
     /// Number of leaves in the tree.
     pub size: u64,
-    /// RFC 6962 Merkle tree root hash at `size`.
+    /// Merkle tree root hash (RFC 9162 tree shape; BLAKE3 for this ledger) at `size`.
     pub root: [u8; 32],
     /// Optional, opaque, non-empty extension lines (without newlines).
     pub extensions: Vec<String>,

@@ -1416,6 +1416,30 @@ async fn different_body_at_a_used_seq_is_refused_and_kept_as_equivocation_eviden
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bodies_at_one_seq_in_one_batch_keep_the_first_and_record_the_second() {
+    let mut h = Harness::start().await;
+    let n = size(&mut h.c).await;
+    let first = peek(&h.w.p, produce("plant-1", EPHEDRINE, "E-1", 10));
+    let second = peek(&h.w.p, produce("plant-1", EPHEDRINE, "E-2", 10));
+    let results = batch(&mut h.c, &[first, second.clone()]).await;
+    let got: Vec<Expect> = results.iter().map(outcome).collect();
+    assert_eq!(
+        got,
+        [Expect::New(n), Expect::Refused(Code::AlreadyExists)],
+        "{:#?}",
+        describe(&results)
+    );
+    let evidence = equivocations(&mut h.c, &h.w.p.key_id()).await;
+    assert_eq!(evidence.len(), 1);
+    assert_eq!((evidence[0].signer_seq, evidence[0].entry_index), (0, n));
+    assert_eq!(
+        evidence[0].conflicting.as_ref().map(|c| &c.body),
+        Some(&second.body)
+    );
+    assert_eq!(h.balance(&h.w.producer, "plant-1", EPHEDRINE, "E-2"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signer_head_tracks_the_chain_and_a_resumed_signer_continues() {
     let mut h = Harness::start().await;
     let k = SigningKey::from_bytes(&[0x6b; 32]);
@@ -2786,6 +2810,84 @@ async fn an_empty_batch_is_answered_and_an_oversized_one_is_refused_whole() {
         "part of an oversized batch was appended"
     );
     assert_eq!(outcome(&batch(&mut h.c, &[good]).await[0]), Expect::New(n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_signers_get_distinct_consecutive_indices_and_valid_receipts() {
+    const SIGNERS: u8 = 6;
+    const EACH: u64 = 15;
+    let mut h = Harness::start().await;
+    let producer = h.w.producer.clone();
+    let keys: Vec<SigningKey> = (0..SIGNERS)
+        .map(|i| SigningKey::from_bytes(&[0xa0 + i; 32]))
+        .collect();
+    for k in &keys {
+        let r = h.w.reg.sign(register(k, &producer), now());
+        h.accept(r).await;
+    }
+    let n = size(&mut h.c).await;
+    let tasks: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(who, k)| {
+            let mut c = h.c.clone();
+            let mut s = RecordSigner::new(k.clone(), ORIGIN);
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..EACH {
+                    let r = s.sign(
+                        counts("plant-2", &[(ACETONE, &format!("C-{who}-{i}"), i)]),
+                        now(),
+                    );
+                    let receipt = submit(&mut c, r.clone()).await.expect("accepted");
+                    out.push((r, receipt));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("signer task"));
+    }
+    let mut indices: Vec<u64> = all.iter().map(|(_, rc)| rc.index).collect();
+    indices.sort_unstable();
+    let want: Vec<u64> = (n..n + u64::from(SIGNERS) * EACH).collect();
+    assert_eq!(indices, want, "every record exactly once, no gaps");
+    for (r, rc) in &all {
+        verify_offline(r, &receipt_parts(rc))
+            .unwrap_or_else(|e| panic!("receipt {}: {e}", rc.index));
+    }
+    for k in &keys {
+        assert_eq!(head(&mut h.c, &key_id(k)).await.next_seq, EACH);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_record_sent_concurrently_is_appended_once() {
+    let mut h = Harness::start().await;
+    let n = size(&mut h.c).await;
+    let r = h.w.p.sign(produce("plant-1", EPHEDRINE, "E-1", 10), now());
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut c, r) = (h.c.clone(), r.clone());
+            tokio::spawn(async move { submit(&mut c, r).await.expect("answered") })
+        })
+        .collect();
+    let mut receipts = Vec::new();
+    for t in tasks {
+        receipts.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        receipts.iter().filter(|rc| !rc.duplicate).count(),
+        1,
+        "exactly one new entry"
+    );
+    assert!(receipts
+        .iter()
+        .all(|rc| (rc.index, &rc.leaf_hash) == (n, &receipts[0].leaf_hash)));
+    assert_eq!(size(&mut h.c).await, n + 1);
+    assert_eq!(h.balance(&h.w.producer, "plant-1", EPHEDRINE, "E-1"), 10);
 }
 
 async fn stream(c: &mut Client, reqs: Vec<pb::SubmitRequest>) -> Vec<pb::SubmitResult> {
