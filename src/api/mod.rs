@@ -152,11 +152,15 @@ impl pb::ledger_server::Ledger for LedgerService {
                     }
                     None => break,
                 };
+                let mut bytes = record_bytes(&first);
                 let mut chunk = vec![first];
                 // Take what has already arrived, without waiting.
-                while chunk.len() < STREAM_CHUNK {
+                while chunk.len() < STREAM_CHUNK && bytes < STREAM_CHUNK_BYTES {
                     match poll_now(&mut input) {
-                        Some(Some(Ok(m))) => chunk.push(m),
+                        Some(Some(Ok(m))) => {
+                            bytes += record_bytes(&m);
+                            chunk.push(m);
+                        }
                         _ => break,
                     }
                 }
@@ -384,6 +388,14 @@ impl pb::ledger_server::Ledger for LedgerService {
 
 /// Most records a stream hands to the writer as one job.
 const STREAM_CHUNK: usize = 1024;
+/// A stream's job closes once its records pass this many bytes.
+const STREAM_CHUNK_BYTES: usize = 8 << 20;
+
+fn record_bytes(m: &pb::SubmitRequest) -> usize {
+    m.record.as_ref().map_or(0, |r| {
+        r.body.len() + r.signature.len() + 88 * r.cosignatures.len()
+    })
+}
 
 type Prepped = Vec<Result<crate::ledger::Prepared, Refusal>>;
 type Pending = Pin<Box<dyn std::future::Future<Output = Vec<Result<Receipt, Refusal>>> + Send>>;

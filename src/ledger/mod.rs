@@ -244,18 +244,22 @@ impl Ledger {
         let mut locations = Vec::new();
         let mut last_time_ms = 0;
         if from.entries > 0 {
-            let entries = views.scan_prefix(b"x/")?;
-            let consistent = entries.len() as u64 == from.entries
-                && entries
-                    .iter()
-                    .enumerate()
-                    .all(|(i, (k, _))| *k == key::entry(i as u64));
-            if consistent {
-                for (k, v) in &entries {
-                    let e: EntryView = views::decode(k, v)?;
+            let blocks = views.scan_prefix(b"x/")?;
+            let mut consistent = true;
+            for (b, (k, v)) in blocks.iter().enumerate() {
+                let block: Vec<EntryView> = views::decode(k, v)?;
+                let full = b + 1 < blocks.len();
+                if *k != key::entry_block(b as u64) || (full && block.len() as u64 != views::BLOCK)
+                {
+                    consistent = false;
+                    break;
+                }
+                for e in block {
                     tree.push(e.leaf_hash);
                     locations.push(e.location);
                 }
+            }
+            if consistent && tree.size() == from.entries {
                 if tree.leaf(from.entries - 1) != Some(from.last_hash) {
                     report.views_rebuild_reason =
                         Some("entry index does not end at the recorded position".into());
@@ -263,7 +267,7 @@ impl Ledger {
             } else {
                 report.views_rebuild_reason = Some(format!(
                     "entry index holds {} entries, position says {}",
-                    entries.len(),
+                    tree.size(),
                     from.entries
                 ));
             }
@@ -285,6 +289,7 @@ impl Ledger {
             catalogue: cfg.catalogue.clone(),
             genesis: genesis_existing,
             pending: Views::new(views.as_ref()),
+            entries: Vec::new(),
             tree: &mut tree,
             locations: &mut locations,
             last_time_ms: &mut last_time_ms,
@@ -754,6 +759,8 @@ struct Replay<'a> {
     catalogue: Arc<Catalogue>,
     genesis: Option<GenesisView>,
     pending: Views<'a>,
+    /// Entry index records since the last flush.
+    entries: Vec<EntryView>,
     tree: &'a mut MemoryTree<Blake3Hasher>,
     locations: &'a mut Vec<Location>,
     last_time_ms: &'a mut u64,
@@ -827,13 +834,10 @@ impl Replay<'_> {
             )
             .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
         }
-        self.pending.put(
-            key::entry(index),
-            &EntryView {
-                location,
-                leaf_hash: hash,
-            },
-        );
+        self.entries.push(EntryView {
+            location,
+            leaf_hash: hash,
+        });
         self.tree.push(hash);
         self.locations.push(location);
         *self.last_time_ms = leaf.integrated_time_ms;
@@ -853,6 +857,9 @@ impl Replay<'_> {
     }
 
     fn flush(&mut self, pos: &Position) -> Result<(), StoreError> {
+        let first = pos.entries - self.entries.len() as u64;
+        self.pending.push_entries(first, &self.entries)?;
+        self.entries.clear();
         let pending = std::mem::replace(&mut self.pending, Views::new(self.views));
         if pending.is_dirty() {
             self.views.apply(pending.into_batch(pos))?;
@@ -881,7 +888,7 @@ fn admit_rules(
         )));
     }
     rules::apply(ctx, v, signer, key_info, payload)?;
-    v.put(key::signer_seq(signer, body.signer_seq), &ctx.index);
+    v.push_signer_seq(signer, body.signer_seq, ctx.index)?;
     v.put(
         key::head(signer),
         &Head {
@@ -948,13 +955,13 @@ fn write_genesis(
     };
     rules::apply_genesis(&mut v, &id, g, &body_bytes)?;
     let locs = w.log.append(&[(bytes, hash)])?;
-    v.put(
-        key::entry(0),
-        &EntryView {
+    v.push_entries(
+        0,
+        &[EntryView {
             location: locs[0],
             leaf_hash: hash,
-        },
-    );
+        }],
+    )?;
     let genesis: GenesisView = v
         .get(META_GENESIS)?
         .ok_or_else(|| Refusal::internal("genesis view".into()))?;
@@ -1093,16 +1100,18 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
             pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
         match w.log.append(&frames) {
             Ok(locs) => {
-                for (i, (p, loc)) in pending.iter().zip(&locs).enumerate() {
-                    v.put(
-                        key::entry(base + i as u64),
-                        &EntryView {
-                            location: *loc,
-                            leaf_hash: p.hash,
-                        },
-                    );
-                }
-                if let Err(e) = shared.views.apply(v.into_batch(&w.log.end())) {
+                let entries: Vec<EntryView> = pending
+                    .iter()
+                    .zip(&locs)
+                    .map(|(p, loc)| EntryView {
+                        location: *loc,
+                        leaf_hash: p.hash,
+                    })
+                    .collect();
+                let applied = v
+                    .push_entries(base, &entries)
+                    .and_then(|_| shared.views.apply(v.into_batch(&w.log.end())));
+                if let Err(e) = applied {
                     // Entries are durable but the views missed them: refuse further writes
                     // until a restart replays the tail into the views.
                     let why = format!("view store failed after a durable append: {e}");
@@ -1258,7 +1267,7 @@ fn admit(
     };
     if seq < head.next_seq {
         let held: u64 = v
-            .get(&key::signer_seq(&p.signer, seq))?
+            .signer_seq_index(&p.signer, seq)?
             .ok_or_else(|| Refusal::internal(format!("no entry for {} seq {seq}", p.signer)))?;
         let held_leaf = if held >= base {
             pending[(held - base) as usize].leaf.clone()

@@ -388,7 +388,7 @@ pub fn apply_genesis(
         }
         v.put(key::key(&id), &info);
     }
-    v.put(key::signer_seq(ledger_id, 0), &0u64);
+    v.push_signer_seq(ledger_id, 0, 0).map_err(se)?;
     v.put(
         key::head(ledger_id),
         &Head {
@@ -706,7 +706,7 @@ fn produce(
     let bal = v.balance(&h).map_err(se)?;
     let new = bal
         .checked_add(q)
-        .ok_or_else(|| invalid("produce.quantity.amount", "book stock would overflow u64"))?;
+        .ok_or_else(|| precondition("produce.quantity.amount", "book stock would overflow u64"))?;
     v.put(
         key::lot(&p.lot),
         &LotView {
@@ -781,15 +781,18 @@ fn ship(
             }
         }
     }
-    if !p.carrier.is_empty()
-        && v.get::<EnterpriseView>(&key::enterprise(&p.carrier))
+    if !p.carrier.is_empty() {
+        let carrier = v
+            .get::<EnterpriseView>(&key::enterprise(&p.carrier))
             .map_err(se)?
-            .is_none()
-    {
-        return Err(precondition(
-            "ship.carrier",
-            format!("`{}` is not an enrolled enterprise", p.carrier),
-        ));
+            .ok_or_else(|| {
+                precondition(
+                    "ship.carrier",
+                    format!("`{}` is not an enrolled enterprise", p.carrier),
+                )
+            })?;
+        licensed(&carrier, s.category, Activity::Transport, ctx.now_ms)
+            .map_err(|r| Refusal::precondition(format!("ship.carrier: {}", r.message)))?;
     }
     let h = Holding {
         enterprise: &ent.credit_code,
@@ -911,9 +914,9 @@ fn receive(
             ),
         ));
     }
-    if shipment.from_enterprise != ent.credit_code {
-        licensed(&ent, s.category, Activity::Purchase, ctx.now_ms)?;
-    }
+    // No licence check here: the buyer's PURCHASE licence was checked when the seller shipped,
+    // and a receipt records what physically arrived — refusing it because a licence lapsed in
+    // transit would leave the goods unaccounted for.
     let lot_id = if p.lot.is_empty() {
         shipment.lot.clone()
     } else {
@@ -926,6 +929,15 @@ fn receive(
                 return Err(precondition(
                     "receive.lot",
                     format!("lot `{lot_id}` is {}, not {}", l.substance, s.id),
+                ))
+            }
+            Some(l) if l.created_by != ent.credit_code => {
+                return Err(precondition(
+                    "receive.lot",
+                    format!(
+                        "lot `{lot_id}` belongs to {}; goods may be merged only into the receiver's own lots",
+                        l.created_by
+                    ),
                 ))
             }
             Some(_) => None,
@@ -948,7 +960,7 @@ fn receive(
     let bal = v.balance(&h).map_err(se)?;
     let new = bal
         .checked_add(q)
-        .ok_or_else(|| invalid("receive.quantity.amount", "book stock would overflow u64"))?;
+        .ok_or_else(|| precondition("receive.quantity.amount", "book stock would overflow u64"))?;
     if let Some(l) = new_lot {
         v.put(key::lot(&lot_id), &l);
     }

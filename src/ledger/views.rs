@@ -157,6 +157,11 @@ fn holding_key(prefix: &[u8], h: &Holding<'_>) -> Vec<u8> {
     k
 }
 
+/// Per-record indexes (entry locations, a key's seq → entry) are packed in blocks of this many,
+/// so a record costs the view store no write of its own for them; blocks are fixed by index, so
+/// a reindex writes exactly the same keys and values.
+pub const BLOCK: u64 = 256;
+
 /// View keys. Strings are NUL-terminated (ingest refuses NUL in identifiers).
 pub mod key {
     use super::*;
@@ -166,8 +171,9 @@ pub mod key {
     pub fn head(id: &KeyId) -> Vec<u8> {
         [b"h/".as_slice(), &id.0].concat()
     }
-    pub fn signer_seq(id: &KeyId, seq: u64) -> Vec<u8> {
-        [b"q/".as_slice(), &id.0, &seq.to_be_bytes()].concat()
+    /// Entry indices of a key's seqs `[block * BLOCK, (block + 1) * BLOCK)`.
+    pub fn signer_seq_block(id: &KeyId, block: u64) -> Vec<u8> {
+        [b"q/".as_slice(), &id.0, &block.to_be_bytes()].concat()
     }
     pub fn enterprise(code: &str) -> Vec<u8> {
         [b"e/".as_slice(), code.as_bytes()].concat()
@@ -188,8 +194,9 @@ pub mod key {
     pub fn permit(issue_entry: u64) -> Vec<u8> {
         [b"p/".as_slice(), &issue_entry.to_be_bytes()].concat()
     }
-    pub fn entry(index: u64) -> Vec<u8> {
-        [b"x/".as_slice(), &index.to_be_bytes()].concat()
+    /// Locations and leaf hashes of entries `[block * BLOCK, (block + 1) * BLOCK)`.
+    pub fn entry_block(block: u64) -> Vec<u8> {
+        [b"x/".as_slice(), &block.to_be_bytes()].concat()
     }
 }
 
@@ -256,6 +263,51 @@ impl<'s> Views<'s> {
         let mut batch: ViewBatch = self.overlay.into_iter().collect();
         batch.push((META_POSITION.to_vec(), Some(encode(position))));
         batch
+    }
+
+    /// Records that `seq` of key `id` is entry `index` (seqs arrive contiguous from 0).
+    pub fn push_signer_seq(&mut self, id: &KeyId, seq: u64, index: u64) -> Result<(), StoreError> {
+        let k = key::signer_seq_block(id, seq / BLOCK);
+        let mut block: Vec<u64> = self.get(&k)?.unwrap_or_default();
+        if block.len() as u64 != seq % BLOCK {
+            return Err(StoreError::Views(format!(
+                "seq index of key {id} holds {} entries in block {}, seq {seq} does not follow",
+                block.len(),
+                seq / BLOCK
+            )));
+        }
+        block.push(index);
+        self.put(k, &block);
+        Ok(())
+    }
+
+    /// The entry holding `seq` of key `id`.
+    pub fn signer_seq_index(&self, id: &KeyId, seq: u64) -> Result<Option<u64>, StoreError> {
+        let block: Option<Vec<u64>> = self.get(&key::signer_seq_block(id, seq / BLOCK))?;
+        Ok(block.and_then(|b| b.get((seq % BLOCK) as usize).copied()))
+    }
+
+    /// Records entries `first..first + entries.len()` (appended in order).
+    pub fn push_entries(&mut self, first: u64, entries: &[EntryView]) -> Result<(), StoreError> {
+        let mut i = 0usize;
+        while i < entries.len() {
+            let index = first + i as u64;
+            let k = key::entry_block(index / BLOCK);
+            let mut block: Vec<EntryView> = self.get(&k)?.unwrap_or_default();
+            if block.len() as u64 != index % BLOCK {
+                return Err(StoreError::Views(format!(
+                    "entry index block {} holds {} entries, entry {index} does not follow",
+                    index / BLOCK,
+                    block.len()
+                )));
+            }
+            let room = (BLOCK - index % BLOCK) as usize;
+            let take = room.min(entries.len() - i);
+            block.extend_from_slice(&entries[i..i + take]);
+            self.put(k, &block);
+            i += take;
+        }
+        Ok(())
     }
 
     pub fn balance(&self, h: &Holding<'_>) -> Result<u64, StoreError> {

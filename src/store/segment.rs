@@ -26,8 +26,10 @@ pub const MAX_GROUP_BYTES: u64 = 8 << 20;
 /// Largest single job the writer accepts into a group (the gRPC message limit).
 pub const MAX_JOB_BYTES: u64 = 64 << 20;
 /// A damaged region at the end of the log larger than this cannot be one unfinished group
-/// write, so it is data loss, not a torn tail.
-pub const MAX_TORN_BYTES: u64 = MAX_GROUP_BYTES + MAX_JOB_BYTES;
+/// write, so it is data loss, not a torn tail. (A group is at most `MAX_GROUP_BYTES` plus one
+/// job, and a job's frames exceed its message size by < 1 KiB per record; 256 MiB leaves a wide
+/// margin over that 8 + 64 + 10 MiB.)
+pub const MAX_TORN_BYTES: u64 = 256 << 20;
 
 /// Read handles of segment files, by first index.
 type OpenFiles = Vec<(u64, Arc<File>)>;

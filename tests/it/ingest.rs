@@ -2216,19 +2216,32 @@ async fn receive_that_would_overflow_book_stock_is_refused() {
         h.w.p
             .sign(ship("plant-1", ACETONE, "ONE", 1, &buyer, "wh-1"), now());
     let ship_one = h.accept(r).await;
-    let r = h.w.b.sign(receive(&ship_max, "wh-1", u64::MAX), now());
+    // The buyer re-lots the first shipment into a lot of its own, then merges the second
+    // into it: u64::MAX + 1.
+    let r =
+        h.w.b
+            .sign(receive_into(&ship_max, "wh-1", u64::MAX, "B-MAX"), now());
     h.accept(r).await;
-    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "MAX"), u64::MAX);
+    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "B-MAX"), u64::MAX);
 
-    let r = peek(&h.w.b, receive_into(&ship_one, "wh-1", 1, "MAX"));
+    let r = peek(&h.w.b, receive_into(&ship_one, "wh-1", 1, "B-MAX"));
     h.refuse(
         "u64::MAX + 1",
         r,
-        Code::InvalidArgument,
+        Code::FailedPrecondition,
         &["receive.quantity.amount", "overflow"],
     )
     .await;
-    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "MAX"), u64::MAX);
+    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "B-MAX"), u64::MAX);
+    // Merging into a lot another enterprise created is refused.
+    let r = peek(&h.w.b, receive_into(&ship_one, "wh-1", 1, "MAX"));
+    h.refuse(
+        "merge into the producer's lot",
+        r,
+        Code::FailedPrecondition,
+        &["receive.lot", "belongs to"],
+    )
+    .await;
     // The same shipment into its own lot is fine.
     let r = h.w.b.sign(receive(&ship_one, "wh-1", 1), now());
     h.accept(r).await;
