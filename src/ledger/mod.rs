@@ -19,7 +19,8 @@ use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
 use crate::model::Catalogue;
 use crate::pb::{self, record_body::Payload};
 use crate::store::{
-    Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore,
+    FlushPolicy, Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore,
+    WriteBack,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Code, Refusal};
@@ -215,7 +216,7 @@ impl Ledger {
             .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
         let views_dir = cfg.data_dir.join("views");
         let mut report = OpenReport::default();
-        let views: Arc<dyn ViewStore + Sync> = match SledViews::open(&views_dir) {
+        let sled: Arc<dyn ViewStore + Sync> = match SledViews::open(&views_dir) {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 tracing::warn!(error = %e, "view store refused to open; rebuilding it from the log");
@@ -225,6 +226,9 @@ impl Ledger {
                 Arc::new(SledViews::open(&views_dir).map_err(Refusal::from)?)
             }
         };
+        // The writer's view changes land in memory and reach sled in the background.
+        let views: Arc<dyn ViewStore + Sync> =
+            Arc::new(WriteBack::new(sled, FlushPolicy::default()));
         Self::open_with(cfg, views, report)
     }
 
