@@ -812,6 +812,8 @@ mod tests {
     // ---------------------------------------------------------------------------------------
     // Golden BLAKE3 vectors: pinned bytes, so that any change to the tree or hashing is caught.
     // Also kept as tests/data/merkle-blake3-golden.json (rewrite it with MERKLE_WRITE_GOLDEN=1).
+    // Every value was cross-checked with an independent Python RFC 9162 implementation over
+    // Python's `blake3` (docs/protocol.md §12).
 
     /// MTH of the first `size` golden leaves.
     const GOLDEN_ROOTS: &[(u64, &str)] = &[
@@ -928,6 +930,39 @@ mod tests {
                 "816474bc5a83256cba3e8f9d88aad0d45fd419974ee11aa23728b0d4797a322d",
             ],
         ),
+        (
+            0,
+            2,
+            &["8b7888c5188d559463a0ac498187c72ba6d48f7b7bbd68d4f10b4829902dda95"],
+        ),
+        (
+            1,
+            2,
+            &["13edb6c9983e00ef6588db1c23b3c1d3203826bea8253f49dbd77636fa3561ac"],
+        ),
+        (
+            2,
+            3,
+            &["4469e9c1c99a67417a567e7e3cb252ac0381a92b86a3b22fcf2987d9eb401669"],
+        ),
+        (
+            5,
+            8,
+            &[
+                "eaa1473c9c1bc0654ec132c7d3a14dab0d335f26f0eb628571440d19efcd71de",
+                "7b4374cb5bf0067992cd47557995c2a82f2ae776f2ae89c9e5f1fe2fbde85184",
+                "d5c37bb73429be70ad709b1d4009a68fd7b191a6569aaabeeaee3764819b437e",
+            ],
+        ),
+        (
+            7,
+            8,
+            &[
+                "b171ff8c11ea31812573bc253b368766f3eaf5e5c66599c4bdceb093ed3abdf6",
+                "4a226a2ce16fe48dab9257e7bba6e824aa66d79ca5cd84da4a89a7db2ecbfdc6",
+                "d5c37bb73429be70ad709b1d4009a68fd7b191a6569aaabeeaee3764819b437e",
+            ],
+        ),
     ];
     /// (from, to, consistency proof).
     const GOLDEN_CONSISTENCY: &[(u64, u64, &[&str])] = &[
@@ -987,6 +1022,62 @@ mod tests {
                 "cdec626aca2294e1bb09345a588c00428e0be84e7e71ab2df0a7a8d780d1bda6",
                 "94212ec9522f8c14345e79eec169931171cbb26c4b0c51abd0332193f9a6c896",
                 "816474bc5a83256cba3e8f9d88aad0d45fd419974ee11aa23728b0d4797a322d",
+            ],
+        ),
+        (
+            1,
+            2,
+            &["8b7888c5188d559463a0ac498187c72ba6d48f7b7bbd68d4f10b4829902dda95"],
+        ),
+        (
+            2,
+            3,
+            &["5eb77589bed15dd79a64dca092d84400dbc09215d356749fd0b2e4de0a9d6463"],
+        ),
+        (
+            1,
+            3,
+            &[
+                "8b7888c5188d559463a0ac498187c72ba6d48f7b7bbd68d4f10b4829902dda95",
+                "5eb77589bed15dd79a64dca092d84400dbc09215d356749fd0b2e4de0a9d6463",
+            ],
+        ),
+        (
+            2,
+            8,
+            &[
+                "10d7d7d576fd62087439ae88b8bfdbd688856c2e6969217949774b8547cf5932",
+                "a74e3eaf1516579a48b7bf51d807428ed9825b08c702486092093db7e52237c5",
+            ],
+        ),
+        (
+            3,
+            8,
+            &[
+                "5eb77589bed15dd79a64dca092d84400dbc09215d356749fd0b2e4de0a9d6463",
+                "172294e4b65a0f57041bd97751f758602f48201924ca97832c9a15bc893be72a",
+                "4469e9c1c99a67417a567e7e3cb252ac0381a92b86a3b22fcf2987d9eb401669",
+                "a74e3eaf1516579a48b7bf51d807428ed9825b08c702486092093db7e52237c5",
+            ],
+        ),
+        (
+            8,
+            9,
+            &["77d20a9c0a765ed67ab2f1e194a4b4f835e37b4e1dadc6ced95f1cb88f5159e0"],
+        ),
+        (
+            2,
+            1000,
+            &[
+                "10d7d7d576fd62087439ae88b8bfdbd688856c2e6969217949774b8547cf5932",
+                "a74e3eaf1516579a48b7bf51d807428ed9825b08c702486092093db7e52237c5",
+                "5e1790742185d8c29122facb246ce331f66f26ba1312cc624fb2c45befadd1e8",
+                "99960dec0dd0ba75a9c220df300136c882cab38a9d5abf699e4217f3a4b816e2",
+                "20f720ae67ea04bf446b04014434b142ee59a7897b1014fafb1c16df3a2c28a2",
+                "f847a26bd3f96f88a836a0b8e63c49ac54b77c8ed172aa3af779534a3738c420",
+                "bfa2ee896b73bc98b4b2f8083297b43b8088910721cb870b6de66d68b36f0409",
+                "f16511b18b04a4fbea3fd1f444f5c755f312096885c8ecdd13d52ecf568fb6fe",
+                "48b2ae3f66902a8c10a6e7cc9316613a866c2d5f2c913d7141061bcbe6910278",
             ],
         ),
     ];

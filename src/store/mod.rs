@@ -106,7 +106,8 @@ impl WriteBack {
             .name("taizhang-views".into())
             .spawn(move || {
                 for batch in rx {
-                    let items: ViewBatch = batch.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    let items: ViewBatch =
+                        batch.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     let res = inner2.apply(items);
                     if let Ok(mut l) = layers2.write() {
                         match res {
@@ -155,9 +156,12 @@ impl WriteBack {
     fn maybe_hand_off(&self, force: bool) -> Result<(), StoreError> {
         let (due, busy, overfull) = {
             let l = self.layers.read().map_err(poisoned)?;
-            let age = l.last_handoff.map_or(true, |t| t.elapsed() >= self.policy.max_age);
+            let age = l
+                .last_handoff
+                .map_or(true, |t| t.elapsed() >= self.policy.max_age);
             (
-                !l.dirty.is_empty() && (force || age || l.dirty.len() >= self.policy.max_dirty_keys),
+                !l.dirty.is_empty()
+                    && (force || age || l.dirty.len() >= self.policy.max_dirty_keys),
                 l.flushing.is_some(),
                 l.dirty.len() >= 4 * self.policy.max_dirty_keys,
             )
