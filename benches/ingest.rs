@@ -37,6 +37,25 @@ fn raw_verify_rate(threads: usize, msgs: &[(VerifyingKey, Vec<u8>, Signature)]) 
     msgs.len() as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -176,8 +195,16 @@ async fn run(n: usize) {
     let mut bulk_stream: Vec<RecordSigner> = (0..4).map(|_| signers.pop().unwrap()).collect();
     let mut unary = signers;
 
+    // `TZ_BENCH_ONLY=unary|stream|batch` runs one phase (for profiling).
+    let only = std::env::var("TZ_BENCH_ONLY").unwrap_or_default();
+    let run_phase = |name: &str| only.is_empty() || only == name;
+
     // Unary, 64 in flight.
-    let per = n / unary.len();
+    let per = if run_phase("unary") {
+        n / unary.len()
+    } else {
+        0
+    };
     let pre: Vec<Vec<pb::SignedRecord>> = unary
         .iter_mut()
         .enumerate()
@@ -188,6 +215,7 @@ async fn run(n: usize) {
         })
         .collect();
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let tasks: Vec<_> = pre
         .into_iter()
         .map(|recs| {
@@ -211,10 +239,15 @@ async fn run(n: usize) {
         lat.extend(t.await.unwrap());
     }
     let unary_rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    let unary_cpu = (cpu_seconds() - cpu0) / start.elapsed().as_secs_f64() / 2.0;
     lat.sort();
 
     // Bulk: 4 client streams.
-    let per = n / bulk_stream.len();
+    let per = if run_phase("stream") {
+        n / bulk_stream.len()
+    } else {
+        0
+    };
     let pre: Vec<Vec<pb::SignedRecord>> = bulk_stream
         .iter_mut()
         .enumerate()
@@ -226,6 +259,7 @@ async fn run(n: usize) {
         .collect();
     let total: usize = pre.iter().map(Vec::len).sum();
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let tasks: Vec<_> = pre
         .into_iter()
         .map(|recs| {
@@ -259,9 +293,11 @@ async fn run(n: usize) {
     }
     assert_eq!(ok, total, "every streamed record accepted");
     let stream_rate = total as f64 / start.elapsed().as_secs_f64();
+    let stream_cpu = (cpu_seconds() - cpu0) / start.elapsed().as_secs_f64() / 2.0;
 
     // Bulk: batches of 500 from one client.
-    let recs: Vec<pb::SignedRecord> = (0..n)
+    let nb = if run_phase("batch") { n } else { 0 };
+    let recs: Vec<pb::SignedRecord> = (0..nb)
         .map(|i| bulk_batch.sign(produce(i, 3000), now()))
         .collect();
     let start = Instant::now();
@@ -278,19 +314,21 @@ async fn run(n: usize) {
             .iter()
             .all(|r| matches!(r.result, Some(pb::submit_result::Result::Receipt(_)))));
     }
-    let batch_rate = n as f64 / start.elapsed().as_secs_f64();
+    let batch_rate = nb as f64 / start.elapsed().as_secs_f64();
 
     println!("durable ingest over gRPC (loopback, client and server sharing the machine):");
     println!(
-        "  unary, 64 in flight: {unary_rate:.0}/s = {:.0}% of 2-thread verify; latency p50 {:?} p99 {:?} max {:?}",
+        "  unary, 64 in flight: {unary_rate:.0}/s = {:.0}% of 2-thread verify; latency p50 {:?} p99 {:?} max {:?}; CPU {:.0}% of 2 cores",
         100.0 * unary_rate / v2,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
+        percentile(&lat, 1.0),
+        100.0 * unary_cpu
     );
     println!(
-        "  bulk, 4 streams:     {stream_rate:.0}/s = {:.0}% of 2-thread verify",
-        100.0 * stream_rate / v2
+        "  bulk, 4 streams:     {stream_rate:.0}/s = {:.0}% of 2-thread verify; CPU {:.0}% of 2 cores",
+        100.0 * stream_rate / v2,
+        100.0 * stream_cpu
     );
     println!(
         "  bulk, batches of 500: {batch_rate:.0}/s = {:.0}% of 2-thread verify",
