@@ -318,6 +318,7 @@ impl SledViews {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(sled_err)?;
         let tree = db.open_tree("views").map_err(sled_err)?;
