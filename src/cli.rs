@@ -287,12 +287,21 @@ fn serve(a: LedgerArgs, listen: &str) -> Result<ExitCode> {
         let (listener, addr) = taizhang::api::bind(listen).await?;
         // The line tests and scripts wait for.
         println!("listening on {addr}");
+        // Stop on Ctrl-C or SIGTERM (what service managers send).
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
         };
-        taizhang::api::serve(ledger, listener, shutdown)
+        taizhang::api::serve(ledger.clone(), listener, shutdown)
             .await
             .map_err(|e| anyhow!("{e}"))?;
+        // Let the writer finish and the views reach sled before the process exits.
+        ledger.close().await;
+        tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
 }
