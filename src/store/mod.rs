@@ -158,7 +158,7 @@ impl WriteBack {
             let l = self.layers.read().map_err(poisoned)?;
             let age = l
                 .last_handoff
-                .map_or(true, |t| t.elapsed() >= self.policy.max_age);
+                .is_none_or(|t| t.elapsed() >= self.policy.max_age);
             (
                 !l.dirty.is_empty()
                     && (force || age || l.dirty.len() >= self.policy.max_dirty_keys),
