@@ -149,6 +149,8 @@ struct Shared {
     checkpoint_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
+    /// Held for the ledger's lifetime: one process per data dir.
+    _lock: Option<std::fs::File>,
 }
 
 /// A handle to an open ledger; cheap to clone.
@@ -173,6 +175,35 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Takes the data dir's exclusive lock (`DATA/LOCK`), waiting up to 3 s for a previous holder
+/// (a process shutting down, or a ledger in this process still being dropped) to let go.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Refusal> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Refusal::unavailable(format!("data dir {}: {e}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Refusal::unavailable(format!("{}: {e}", path.display())))?;
+    for _ in 0..60 {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Refusal::unavailable(format!("{}: {e}", path.display())))
+            }
+        }
+    }
+    Err(Refusal::unavailable(format!(
+        "data dir {} is in use by another ledger process",
+        dir.display()
+    )))
 }
 
 /// File beside the log holding the latest signed checkpoint note.
@@ -202,7 +233,13 @@ pub fn panicked<T>(n: usize) -> Vec<Result<T, Refusal>> {
 struct Writer {
     log: SegmentLog,
     origin: String,
+    /// When the kept checkpoint file was last replaced, and whether a newer note exists.
+    kept_at: Option<std::time::Instant>,
+    kept_stale: bool,
 }
+
+/// The kept checkpoint file is replaced at most this often (and at shutdown).
+const KEEP_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Ledger {
     /// Opens (or creates) the ledger in `cfg.data_dir` and starts its writer thread.
@@ -211,6 +248,11 @@ impl Ledger {
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             Refusal::unavailable(format!("data dir {}: {e}", cfg.data_dir.display()))
         })?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        Self::open_locked(cfg, lock)
+    }
+
+    fn open_locked(cfg: Config, lock: std::fs::File) -> Result<(Ledger, OpenReport), Refusal> {
         let evidence_dir = cfg.data_dir.join("evidence");
         std::fs::create_dir_all(&evidence_dir)
             .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
@@ -229,14 +271,24 @@ impl Ledger {
         // The writer's view changes land in memory and reach sled in the background.
         let views: Arc<dyn ViewStore + Sync> =
             Arc::new(WriteBack::new(sled, FlushPolicy::default()));
-        Self::open_with(cfg, views, report)
+        Self::open_inner(cfg, views, report, Some(lock))
     }
 
     /// Opens with a given view store (tests use the in-memory one).
     pub fn open_with(
         cfg: Config,
         views: Arc<dyn ViewStore + Sync>,
+        report: OpenReport,
+    ) -> Result<(Ledger, OpenReport), Refusal> {
+        let lock = lock_data_dir(&cfg.data_dir)?;
+        Self::open_inner(cfg, views, report, Some(lock))
+    }
+
+    fn open_inner(
+        cfg: Config,
+        views: Arc<dyn ViewStore + Sync>,
         mut report: OpenReport,
+        lock: Option<std::fs::File>,
     ) -> Result<(Ledger, OpenReport), Refusal> {
         let log_dir = cfg.data_dir.join("log");
         // Where do the views stand?
@@ -320,6 +372,8 @@ impl Ledger {
         let mut writer = Writer {
             log,
             origin: cfg.origin.clone(),
+            kept_at: None,
+            kept_stale: false,
         };
         if tree.size() == 0 {
             genesis = Some(write_genesis(
@@ -406,6 +460,7 @@ impl Ledger {
             checkpoint_path: cp_path,
             size_tx,
             poisoned: RwLock::new(None),
+            _lock: lock,
         });
         let (tx, rx) = mpsc::channel::<Msg>(MAX_GROUP * 4);
         let s2 = shared.clone();
@@ -481,7 +536,8 @@ impl Ledger {
         }
         let body =
             codec::decode_body(&s.body).map_err(|e| Refusal::invalid(format!("record.{e}")))?;
-        let payload = body.payload.clone().ok_or_else(|| {
+        let mut body = body;
+        let payload = body.payload.take().ok_or_else(|| {
             Refusal::invalid("body.payload: a record must carry one payload".into())
         })?;
         if body.ledger_origin != self.shared.genesis.origin {
@@ -785,10 +841,8 @@ impl Replay<'_> {
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| dl(e.to_string()))?;
         let body = codec::decode_body(&leaf.body).map_err(|e| dl(e.to_string()))?;
         let signer = KeyId::from_slice("signer", &body.signer).map_err(|e| dl(e.to_string()))?;
-        let payload = body
-            .payload
-            .clone()
-            .ok_or_else(|| dl("no payload".into()))?;
+        let mut body = body;
+        let payload = body.payload.take().ok_or_else(|| dl("no payload".into()))?;
         if index == 0 {
             let Payload::Genesis(g) = &payload else {
                 return Err(dl("entry 0 is not genesis".into()));
@@ -835,6 +889,7 @@ impl Replay<'_> {
                 &body,
                 &leaf.body,
                 &payload,
+                None,
             )
             .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
         }
@@ -882,9 +937,17 @@ fn admit_rules(
     body: &pb::RecordBody,
     body_bytes: &[u8],
     payload: &Payload,
+    head: Option<Head>,
 ) -> Result<(), Refusal> {
-    rules::check_signer(key_info, signer, payload, ctx.now_ms)?;
-    let head: Head = v.get(&key::head(signer))?.unwrap_or_default();
+    // At ingest the caller has checked the key and the chain already (and passes the head);
+    // at replay they are checked here.
+    let head = match head {
+        Some(h) => h,
+        None => {
+            rules::check_signer(key_info, signer, payload, ctx.now_ms)?;
+            v.get(&key::head(signer))?.unwrap_or_default()
+        }
+    };
     if body.signer_seq != head.next_seq || body.signer_prev.as_slice() != head.prev_body_hash {
         return Err(Refusal::precondition(format!(
             "body.signer_seq: chain position {} does not follow the head {}",
@@ -1026,6 +1089,13 @@ fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
     if let Err(e) = shared.views.flush() {
         tracing::warn!(error = %e, "flushing views at close");
     }
+    if w.kept_stale {
+        if let Ok(r) = shared.read.read() {
+            if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &r.checkpoint) {
+                tracing::warn!(error = %e, "keeping the latest checkpoint");
+            }
+        }
+    }
     if let Some(done) = close {
         let _ = done.send(());
     }
@@ -1143,8 +1213,16 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                     &shared.note_signer,
                 ) {
                     Ok(note) => {
-                        if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &note) {
-                            tracing::warn!(error = %e, "keeping the latest checkpoint");
+                        if w.kept_at
+                            .is_none_or(|t| t.elapsed() >= KEEP_CHECKPOINT_EVERY)
+                        {
+                            if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &note) {
+                                tracing::warn!(error = %e, "keeping the latest checkpoint");
+                            }
+                            w.kept_at = Some(std::time::Instant::now());
+                            w.kept_stale = false;
+                        } else {
+                            w.kept_stale = true;
                         }
                         r.checkpoint = note;
                         r.checkpoint_size = size;
@@ -1369,6 +1447,7 @@ fn admit(
         &p.body,
         &p.body_bytes,
         &p.payload,
+        Some(head),
     )?;
     Ok(Admitted::New)
 }
@@ -1458,12 +1537,14 @@ fn decode_evidence(bytes: &[u8]) -> Option<Equivocation> {
 
 /// Rebuilds the views of a data dir from its log (the server must not be running).
 pub fn reindex(cfg: Config) -> Result<OpenReport, Refusal> {
+    // The lock first: a running server keeps it, and its views must not be touched.
+    let lock = lock_data_dir(&cfg.data_dir)?;
     let views_dir = cfg.data_dir.join("views");
     if views_dir.exists() {
         std::fs::remove_dir_all(&views_dir)
             .map_err(|e| Refusal::unavailable(format!("removing {}: {e}", views_dir.display())))?;
     }
-    let (ledger, mut report) = Ledger::open(cfg)?;
+    let (ledger, mut report) = Ledger::open_locked(cfg, lock)?;
     report.views_rebuilt = true;
     ledger.shared.views.flush()?;
     Ok(report)

@@ -339,6 +339,78 @@ fn reindex_and_verify_a_stopped_data_dir() {
 }
 
 #[test]
+fn serve_takes_genesis_from_a_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let p = tmp.path();
+    std::fs::write(
+        p.join("ledger.toml"),
+        format!(
+            "origin = \"city.example/ledger\"\nledger_key = \"{}\"\n\n[[root_regulators]]\npublic_key = \"{}\"\nname = \"市公安局禁毒支队\"\nagency = \"AGENCY_PUBLIC_SECURITY\"\njurisdiction = \"4403\"\n",
+            keys.join("ledger.key").display(),
+            keys.join("regulator.pub").display()
+        ),
+    )
+    .unwrap();
+    let data = p.join("data");
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "ledger.toml",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .current_dir(p)
+        .env("TAIZHANG_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _srv = Serve(child);
+    let url = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
+    let o = run(
+        &[
+            "export",
+            "--server",
+            &url,
+            "--out",
+            "log.tzl",
+            "--checkpoint",
+            "cp.note",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let note = std::fs::read_to_string(p.join("cp.note")).unwrap();
+    assert!(note.starts_with("city.example/ledger\n1\n"), "{note}");
+    // Genesis names the configured root regulator, with its name and jurisdiction.
+    let log = std::fs::read(p.join("log.tzl")).unwrap();
+    let leaf = taizhang::codec::Leaf::decode(&log[4..log.len() - 32]).unwrap();
+    let body = taizhang::codec::decode_body(&leaf.body).unwrap();
+    let Some(taizhang::pb::record_body::Payload::Genesis(g)) = body.payload else {
+        panic!("entry 0 is not genesis")
+    };
+    assert_eq!(g.origin, "city.example/ledger");
+    assert_eq!(g.root_regulators.len(), 1);
+    assert_eq!(g.root_regulators[0].jurisdiction, "4403");
+    assert_eq!(g.root_regulators[0].name, "市公安局禁毒支队");
+    assert_eq!(
+        g.root_regulators[0].public_key,
+        regulator_key().verifying_key().to_bytes().to_vec()
+    );
+}
+
+#[test]
 fn demo_runs_end_to_end_from_any_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&["demo"], tmp.path());

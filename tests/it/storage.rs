@@ -378,3 +378,25 @@ async fn a_log_shorter_than_a_signed_checkpoint_is_refused_even_with_views_rebui
     std::fs::write(segment(&dir), &pristine).unwrap();
     open_again(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_per_data_dir_and_reindex_never_touches_a_live_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = Server::start_in(&dir).await;
+    scenario(&s).await;
+    let views = s.ledger.dump_views().unwrap();
+    let e = open_again(&dir)
+        .err()
+        .expect("a second ledger on a live data dir is refused");
+    assert_eq!(e.code, Code::Unavailable, "{e}");
+    assert!(e.message.contains("in use"), "{e}");
+    let e = taizhang::ledger::reindex(config(&dir))
+        .err()
+        .expect("reindex of a live data dir is refused");
+    assert!(e.message.contains("in use"), "{e}");
+    // The live ledger's views are untouched.
+    assert_eq!(s.ledger.dump_views().unwrap(), views);
+    shut(s).await;
+    open_again(&dir).unwrap();
+}
