@@ -884,11 +884,13 @@ impl Replay<'_> {
             admit_rules(
                 &ctx,
                 &mut self.pending,
-                &signer,
-                &key,
-                &body,
-                &leaf.body,
-                &payload,
+                RecordRef {
+                    signer: &signer,
+                    key_info: &key,
+                    body: &body,
+                    body_bytes: &leaf.body,
+                    payload: &payload,
+                },
                 None,
             )
             .map_err(|r| dl(format!("no longer validates: {}", r.message)))?;
@@ -901,7 +903,7 @@ impl Replay<'_> {
         self.locations.push(location);
         *self.last_time_ms = leaf.integrated_time_ms;
         self.replayed += 1;
-        if self.replayed % 10_000 == 0 {
+        if self.replayed.is_multiple_of(10_000) {
             let pos = Position {
                 entries: index + 1,
                 last_hash: hash,
@@ -929,16 +931,28 @@ impl Replay<'_> {
 
 /// The chain and payload rules, shared by ingest and replay (signatures are checked by the
 /// caller: at ingest before this, at replay not at all — `verify` re-checks them offline).
+/// A record as the rules see it.
+struct RecordRef<'a> {
+    signer: &'a KeyId,
+    key_info: &'a KeyInfo,
+    body: &'a pb::RecordBody,
+    body_bytes: &'a [u8],
+    payload: &'a Payload,
+}
+
 fn admit_rules(
     ctx: &rules::Ctx<'_>,
     v: &mut Views<'_>,
-    signer: &KeyId,
-    key_info: &KeyInfo,
-    body: &pb::RecordBody,
-    body_bytes: &[u8],
-    payload: &Payload,
+    rec: RecordRef<'_>,
     head: Option<Head>,
 ) -> Result<(), Refusal> {
+    let RecordRef {
+        signer,
+        key_info,
+        body,
+        body_bytes,
+        payload,
+    } = rec;
     // At ingest the caller has checked the key and the chain already (and passes the head);
     // at replay they are checked here.
     let head = match head {
@@ -1442,11 +1456,13 @@ fn admit(
     admit_rules(
         &ctx,
         v,
-        &p.signer,
-        &key_info,
-        &p.body,
-        &p.body_bytes,
-        &p.payload,
+        RecordRef {
+            signer: &p.signer,
+            key_info: &key_info,
+            body: &p.body,
+            body_bytes: &p.body_bytes,
+            payload: &p.payload,
+        },
         Some(head),
     )?;
     Ok(Admitted::New)
