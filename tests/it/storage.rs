@@ -391,9 +391,8 @@ async fn one_process_per_data_dir_and_reindex_never_touches_a_live_ledger() {
         .expect("a second ledger on a live data dir is refused");
     assert_eq!(e.code, Code::Unavailable, "{e}");
     assert!(e.message.contains("in use"), "{e}");
-    let e = taizhang::ledger::reindex(config(&dir))
-        .err()
-        .expect("reindex of a live data dir is refused");
+    let e =
+        taizhang::ledger::reindex(config(&dir)).expect_err("reindex of a live data dir is refused");
     assert!(e.message.contains("in use"), "{e}");
     // The live ledger's views are untouched.
     assert_eq!(s.ledger.dump_views().unwrap(), views);
