@@ -6,7 +6,7 @@
 //! every receipt is sent after the segment file's fdatasync.
 //!
 //! Phases: raw verify (1 and 2 threads) → unary Submit with 64 in flight (64 keys, one
-//! sequential client each) → bulk SubmitStream (4 streams) → bulk SubmitBatch (batches of 500).
+//! sequential client each) → bulk SubmitStream (4 streams; `TZ_BENCH_STREAMS`) → bulk SubmitBatch (batches of 500).
 //!
 //! Run: `cargo bench --bench ingest` (env `TZ_BENCH_RECORDS` = records per phase, default 20000).
 
@@ -171,7 +171,11 @@ async fn run(n: usize) {
     .await
     .unwrap();
     let mut signers = Vec::new();
-    for i in 0..69u32 {
+    let streams: usize = std::env::var("TZ_BENCH_STREAMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    for i in 0..(65 + streams) as u32 {
         let mut seed = [0u8; 32];
         seed[..4].copy_from_slice(&i.to_be_bytes());
         seed[4] = 0xbe;
@@ -192,7 +196,7 @@ async fn run(n: usize) {
         signers.push(RecordSigner::new(k, ORIGIN));
     }
     let mut bulk_batch = signers.pop().unwrap();
-    let mut bulk_stream: Vec<RecordSigner> = (0..4).map(|_| signers.pop().unwrap()).collect();
+    let mut bulk_stream: Vec<RecordSigner> = (0..streams).map(|_| signers.pop().unwrap()).collect();
     let mut unary = signers;
 
     // `TZ_BENCH_ONLY=unary|stream|batch` runs one phase (for profiling).
@@ -326,7 +330,7 @@ async fn run(n: usize) {
         100.0 * unary_cpu
     );
     println!(
-        "  bulk, 4 streams:     {stream_rate:.0}/s = {:.0}% of 2-thread verify; CPU {:.0}% of 2 cores",
+        "  bulk, {streams} streams:     {stream_rate:.0}/s = {:.0}% of 2-thread verify; CPU {:.0}% of 2 cores",
         100.0 * stream_rate / v2,
         100.0 * stream_cpu
     );

@@ -266,25 +266,37 @@ impl<'s> Views<'s> {
     }
 
     /// Records that `seq` of key `id` is entry `index` (seqs arrive contiguous from 0).
+    /// A block is the entries' indices as 8-byte big-endian integers, appended in place.
     pub fn push_signer_seq(&mut self, id: &KeyId, seq: u64, index: u64) -> Result<(), StoreError> {
         let k = key::signer_seq_block(id, seq / BLOCK);
-        let mut block: Vec<u64> = self.get(&k)?.unwrap_or_default();
-        if block.len() as u64 != seq % BLOCK {
-            return Err(StoreError::Views(format!(
-                "seq index of key {id} holds {} entries in block {}, seq {seq} does not follow",
-                block.len(),
-                seq / BLOCK
-            )));
+        if !self.overlay.contains_key(&k) {
+            let current = self.raw_get(&k)?.unwrap_or_default();
+            self.overlay.insert(k.clone(), Some(current));
         }
-        block.push(index);
-        self.put(k, &block);
-        Ok(())
+        let want = (seq % BLOCK) as usize * 8;
+        match self.overlay.get_mut(&k) {
+            Some(Some(block)) if block.len() == want => {
+                block.extend_from_slice(&index.to_be_bytes());
+                Ok(())
+            }
+            other => Err(StoreError::Views(format!(
+                "seq index of key {id}: block {} holds {} bytes, seq {seq} does not follow",
+                seq / BLOCK,
+                other.and_then(|b| b.as_ref().map(Vec::len)).unwrap_or(0)
+            ))),
+        }
     }
 
     /// The entry holding `seq` of key `id`.
     pub fn signer_seq_index(&self, id: &KeyId, seq: u64) -> Result<Option<u64>, StoreError> {
-        let block: Option<Vec<u64>> = self.get(&key::signer_seq_block(id, seq / BLOCK))?;
-        Ok(block.and_then(|b| b.get((seq % BLOCK) as usize).copied()))
+        let Some(block) = self.raw_get(&key::signer_seq_block(id, seq / BLOCK))? else {
+            return Ok(None);
+        };
+        let at = (seq % BLOCK) as usize * 8;
+        Ok(block
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Records entries `first..first + entries.len()` (appended in order).
