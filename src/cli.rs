@@ -722,21 +722,21 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         "produce: 25 kg ephedrine lot EPH-2026-0001 -> entry {}",
         r.index
     );
+    let ship_eph = |amount: u64| {
+        Payload::Ship(pb::Ship {
+            site_id: "plant-1".into(),
+            substance: eph.into(),
+            lot: "EPH-2026-0001".into(),
+            quantity: Some(mg(amount)),
+            consignee: buyer.clone(),
+            consignee_site: "wh-1".into(),
+            payment_method: "bank_transfer".into(),
+            ..Default::default()
+        })
+    };
     let ship = client
         .submit(pb::SubmitRequest {
-            record: Some(p.sign(
-                Payload::Ship(pb::Ship {
-                    site_id: "plant-1".into(),
-                    substance: eph.into(),
-                    lot: "EPH-2026-0001".into(),
-                    quantity: Some(mg(10_000_000)),
-                    consignee: buyer.clone(),
-                    consignee_site: "wh-1".into(),
-                    payment_method: "bank_transfer".into(),
-                    ..Default::default()
-                }),
-                now_ms(),
-            )),
+            record: Some(p.sign(ship_eph(10_000_000), now_ms())),
         })
         .await?
         .into_inner();
@@ -780,19 +780,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     // A refused record: shipping more than the book holds.
     let over = client
         .submit(pb::SubmitRequest {
-            record: Some(p.sign(
-                Payload::Ship(pb::Ship {
-                    site_id: "plant-1".into(),
-                    substance: eph.into(),
-                    lot: "EPH-2026-0001".into(),
-                    quantity: Some(mg(20_000_000)),
-                    consignee: buyer.clone(),
-                    consignee_site: "wh-1".into(),
-                    payment_method: "bank_transfer".into(),
-                    ..Default::default()
-                }),
-                now_ms(),
-            )),
+            record: Some(p.sign(ship_eph(20_000_000), now_ms())),
         })
         .await;
     match over {

@@ -232,7 +232,6 @@ pub fn panicked<T>(n: usize) -> Vec<Result<T, Refusal>> {
 /// The single writer's own state.
 struct Writer {
     log: SegmentLog,
-    origin: String,
     /// When the kept checkpoint file was last replaced, and whether a newer note exists.
     kept_at: Option<std::time::Instant>,
     kept_stale: bool,
@@ -371,7 +370,6 @@ impl Ledger {
         }
         let mut writer = Writer {
             log,
-            origin: cfg.origin.clone(),
             kept_at: None,
             kept_stale: false,
         };
@@ -404,7 +402,6 @@ impl Ledger {
                 hex::encode(cfg.catalogue.digest())
             )));
         }
-        writer.origin = genesis.origin.clone();
         let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
             .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
         let size = tree.size();
@@ -989,7 +986,6 @@ fn write_genesis(
     locations: &mut Vec<Location>,
     last_time_ms: &mut u64,
 ) -> Result<GenesisView, Refusal> {
-    crate::model::ids::check_region_code("", true).ok();
     if cfg.origin.is_empty() || cfg.origin.contains(char::is_whitespace) || cfg.origin.contains('+')
     {
         return Err(Refusal::invalid(

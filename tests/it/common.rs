@@ -295,3 +295,40 @@ pub fn sign_raw(key: &SigningKey, body: &pb::RecordBody) -> pb::SignedRecord {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_taizhang"))
 }
+
+/// Submits a small scenario and returns the number of entries.
+pub async fn scenario(s: &Server) -> u64 {
+    let mut c = s.client().await;
+    let mut w = World::setup(&mut c).await;
+    submit(
+        &mut c,
+        w.p.sign(produce("plant-1", EPHEDRINE, "LOT-A", 5_000_000), now()),
+    )
+    .await
+    .unwrap();
+    let sh = submit(
+        &mut c,
+        w.p.sign(
+            ship("plant-1", EPHEDRINE, "LOT-A", 2_000_000, &w.buyer, "wh-1"),
+            now(),
+        ),
+    )
+    .await
+    .unwrap();
+    submit(&mut c, w.b.sign(receive(&sh, "wh-1", 1_999_000), now()))
+        .await
+        .unwrap();
+    submit(
+        &mut c,
+        w.p.sign(stock_take("plant-1", EPHEDRINE, "LOT-A", 3_000_000), now()),
+    )
+    .await
+    .unwrap();
+    submit(
+        &mut c,
+        w.p.sign(produce("plant-2", ACETONE, "ACE-1", 9_000_000), now()),
+    )
+    .await
+    .unwrap();
+    s.ledger.size()
+}

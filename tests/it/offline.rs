@@ -7,26 +7,8 @@ use taizhang::verify::{verify_export, VerifyError};
 
 async fn export_of_scenario() -> (Vec<u8>, String) {
     let s = Server::start().await;
+    scenario(&s).await;
     let mut c = s.client().await;
-    let mut w = World::setup(&mut c).await;
-    submit(
-        &mut c,
-        w.p.sign(produce("plant-1", EPHEDRINE, "LOT-A", 5_000_000), now()),
-    )
-    .await
-    .unwrap();
-    let sh = submit(
-        &mut c,
-        w.p.sign(
-            ship("plant-1", EPHEDRINE, "LOT-A", 2_000_000, &w.buyer, "wh-1"),
-            now(),
-        ),
-    )
-    .await
-    .unwrap();
-    submit(&mut c, w.b.sign(receive(&sh, "wh-1", 2_000_000), now()))
-        .await
-        .unwrap();
     let cp = c
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await
@@ -52,7 +34,7 @@ async fn every_single_byte_flip_in_an_export_fails_verification() {
     let (data, note) = export_of_scenario().await;
     let key = ledger_key().verifying_key();
     let ok = verify_export(&data, &note, &key).unwrap();
-    assert_eq!(ok.entries, 8);
+    assert_eq!(ok.entries, 10);
     // Exhaustive: every byte position, one flipped bit each (the bit varies with the position).
     for pos in 0..data.len() {
         let mut bad = data.clone();

@@ -7,43 +7,6 @@ use std::path::Path;
 use taizhang::ledger::{Code, Ledger};
 use taizhang::pb;
 
-/// Submits a small scenario and returns the number of entries.
-async fn scenario(s: &Server) -> u64 {
-    let mut c = s.client().await;
-    let mut w = World::setup(&mut c).await;
-    submit(
-        &mut c,
-        w.p.sign(produce("plant-1", EPHEDRINE, "LOT-A", 5_000_000), now()),
-    )
-    .await
-    .unwrap();
-    let sh = submit(
-        &mut c,
-        w.p.sign(
-            ship("plant-1", EPHEDRINE, "LOT-A", 2_000_000, &w.buyer, "wh-1"),
-            now(),
-        ),
-    )
-    .await
-    .unwrap();
-    submit(&mut c, w.b.sign(receive(&sh, "wh-1", 1_999_000), now()))
-        .await
-        .unwrap();
-    submit(
-        &mut c,
-        w.p.sign(stock_take("plant-1", EPHEDRINE, "LOT-A", 3_000_000), now()),
-    )
-    .await
-    .unwrap();
-    submit(
-        &mut c,
-        w.p.sign(produce("plant-2", ACETONE, "ACE-1", 9_000_000), now()),
-    )
-    .await
-    .unwrap();
-    s.ledger.size()
-}
-
 /// Closes the ledger and stops the server so the data dir can be reopened.
 async fn shut(s: Server) -> Option<tempfile::TempDir> {
     s.ledger.close().await;
