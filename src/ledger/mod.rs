@@ -259,6 +259,9 @@ impl Ledger {
         let mut report = OpenReport::default();
         let sled: Arc<dyn ViewStore + Sync> = match SledViews::open(&views_dir) {
             Ok(v) => Arc::new(v),
+            Err(e) if crate::store::is_lock_error(&e) => {
+                return Err(Refusal::unavailable(format!("view store in use: {e}")))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "view store refused to open; rebuilding it from the log");
                 report.views_rebuilt = true;

@@ -301,7 +301,7 @@ impl SledViews {
     /// `snap.*.generating` file after which every open fails (sled #1527/#1533); such files are
     /// removed and the open retried. If sled still refuses, the caller rebuilds it from the log.
     pub fn open(dir: &Path) -> Result<SledViews, StoreError> {
-        match Self::open_once(dir) {
+        match Self::open_waiting(dir) {
             Ok(v) => Ok(v),
             Err(first) => {
                 let removed = remove_partial_snapshots(dir);
@@ -309,7 +309,22 @@ impl SledViews {
                     return Err(first);
                 }
                 tracing::warn!(?removed, "removed partial sled snapshot files");
-                Self::open_once(dir)
+                Self::open_waiting(dir)
+            }
+        }
+    }
+
+    /// sled's own threads may hold its file lock for a moment after a `Db` in this process is
+    /// dropped: wait for that (up to 3 s) rather than mistake it for damage.
+    fn open_waiting(dir: &Path) -> Result<SledViews, StoreError> {
+        let mut tries = 0;
+        loop {
+            match Self::open_once(dir) {
+                Err(e) if is_lock_error(&e) && tries < 60 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
             }
         }
     }
@@ -324,6 +339,11 @@ impl SledViews {
         let tree = db.open_tree("views").map_err(sled_err)?;
         Ok(SledViews { db, tree })
     }
+}
+
+/// Whether sled refused because another `Db` holds its lock (not damage).
+pub fn is_lock_error(e: &StoreError) -> bool {
+    matches!(e, StoreError::Views(m) if m.contains("could not acquire lock"))
 }
 
 /// Removes `snap.*.generating` files left by an interrupted sled open.
