@@ -136,8 +136,16 @@ pub fn verify_export(
         None
     };
     let ledger_id = KeyId::of(ledger_key);
+    let mut last_time = 0u64;
     scan_frames(data, 0, [0; 32], |index, leaf_bytes, hash| {
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| format!("entry {index}: {e}"))?;
+        if leaf.integrated_time_ms < last_time {
+            return Err(format!(
+                "entry {index}: integrated_time_ms {} goes back before {last_time}",
+                leaf.integrated_time_ms
+            ));
+        }
+        last_time = leaf.integrated_time_ms;
         check_entry(index, &leaf, &cp.origin, &ledger_id, ledger_key, &mut keys)
             .map_err(|w| format!("entry {index}: {w}"))?;
         sigs += 1 + leaf.cosignatures.len() as u64;
@@ -226,9 +234,18 @@ fn check_entry(
     st.next_seq += 1;
     st.prev = crypto::body_hash(&leaf.body);
     for c in &leaf.cosignatures {
+        if c.key_id == signer {
+            return Err(format!("signer {signer} cosigns its own record"));
+        }
         let ck = keys
             .get(&c.key_id)
             .ok_or_else(|| format!("cosigner {} is not registered", c.key_id))?;
+        if ck
+            .revoked_at_ms
+            .is_some_and(|t| t <= leaf.integrated_time_ms)
+        {
+            return Err(format!("cosigner {} was revoked", c.key_id));
+        }
         crypto::verify_cosignature(&ck.key, &leaf.body, &c.signature).map_err(|e| e.to_string())?;
     }
     match payload {

@@ -152,6 +152,7 @@ impl pb::ledger_server::Ledger for LedgerService {
                     }
                     None => break,
                 };
+                let mut failed = None;
                 let mut bytes = record_bytes(&first);
                 let mut chunk = vec![first];
                 // Take what has already arrived, without waiting.
@@ -161,14 +162,23 @@ impl pb::ledger_server::Ledger for LedgerService {
                             bytes += record_bytes(&m);
                             chunk.push(m);
                         }
+                        Some(Some(Err(e))) => {
+                            failed = Some(e);
+                            break;
+                        }
                         _ => break,
                     }
                 }
                 let n = chunk.len();
+                let stop = failed.take();
                 let subs: Vec<_> = chunk.into_iter().map(|m| submission(m.record)).collect();
                 let l = ledger.clone();
                 let h = tokio::task::spawn_blocking(move || l.prepare_all(subs));
                 if prep_tx.send(Stage::Chunk(n, h)).await.is_err() {
+                    break;
+                }
+                if let Some(e) = stop {
+                    let _ = prep_tx.send(Stage::Error(e)).await;
                     break;
                 }
             }

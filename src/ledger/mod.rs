@@ -119,7 +119,15 @@ type Reply = oneshot::Sender<Vec<Result<Receipt, Refusal>>>;
 struct Job {
     items: Vec<Result<Prepared, Refusal>>,
     reply: Reply,
+    /// Share of the queue's byte budget, given back when the writer takes the job.
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// Bytes of prepared records that may wait for the writer at once; submitters wait beyond it
+/// (and, through gRPC flow control, so do their clients).
+pub const QUEUE_BUDGET_BYTES: usize = 256 << 20;
+/// Budget unit: one permit per KiB.
+const BUDGET_UNIT: usize = 1024;
 
 enum Msg {
     Job(Job),
@@ -149,6 +157,8 @@ struct Shared {
     checkpoint_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
+    /// Byte budget of the writer's queue.
+    queue_budget: Arc<tokio::sync::Semaphore>,
     /// Held for the ledger's lifetime: one process per data dir.
     _lock: Option<std::fs::File>,
 }
@@ -209,11 +219,18 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Refusal> {
 /// File beside the log holding the latest signed checkpoint note.
 pub const CHECKPOINT_FILE: &str = "checkpoint.note";
 
-/// Replaces the kept checkpoint atomically (write, then rename). Not fsynced: after a power
-/// loss it may be one group behind, which only weakens the check, never breaks a start.
+/// Replaces the kept checkpoint atomically (write and sync the new file, then rename). The
+/// rename itself is not synced: after a power cut the note may be the previous one, which only
+/// weakens the check, never breaks a start.
 fn persist_checkpoint(path: &Path, note: &str) -> Result<(), Refusal> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, note)
+    // Data first, then the rename: a power cut never leaves an empty note in place.
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(note.as_bytes())?;
+            f.sync_data()
+        })
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| Refusal::unavailable(format!("{}: {e}", path.display())))
 }
@@ -376,6 +393,17 @@ impl Ledger {
             kept_at: None,
             kept_stale: false,
         };
+        let cp_path = cfg.data_dir.join(CHECKPOINT_FILE);
+        if tree.size() == 0 && cp_path.exists() {
+            // Never write a new Genesis where a ledger has already signed checkpoints.
+            return Err(Refusal::new(
+                Code::DataLoss,
+                format!(
+                    "the log is empty but {} holds a checkpoint this data dir signed",
+                    cp_path.display()
+                ),
+            ));
+        }
         if tree.size() == 0 {
             genesis = Some(write_genesis(
                 &cfg,
@@ -405,12 +433,8 @@ impl Ledger {
                 hex::encode(cfg.catalogue.digest())
             )));
         }
-        let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
-            .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
-        let size = tree.size();
         // Never sign a checkpoint inconsistent with one signed before: the last one signed is
         // kept beside the log, and the log must still hold it, with the same root.
-        let cp_path = cfg.data_dir.join(CHECKPOINT_FILE);
         if let Ok(note) = std::fs::read_to_string(&cp_path) {
             let last =
                 crate::verify::open_ledger_checkpoint(&note, &cfg.ledger_key.verifying_key())
@@ -418,16 +442,20 @@ impl Ledger {
                         Refusal::new(Code::DataLoss, format!("{}: {e}", cp_path.display()))
                     })?;
             let root = merkle::root_at::<Blake3Hasher, _>(&tree, last.size);
-            if last.size > size || root != Some(last.root) {
+            if last.size > tree.size() || root != Some(last.root) {
                 return Err(Refusal::new(
                     Code::DataLoss,
                     format!(
-                        "this ledger signed a checkpoint of size {} that the log ({size} entries) no longer matches; refusing to sign an inconsistent one",
-                        last.size
+                        "this ledger signed a checkpoint of size {} that the log ({} entries) no longer matches; refusing to sign an inconsistent one",
+                        last.size,
+                        tree.size()
                     ),
                 ));
             }
         }
+        let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
+            .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
+        let size = tree.size();
         let checkpoint = sign_checkpoint(
             &Checkpoint {
                 origin: genesis.origin.clone(),
@@ -461,6 +489,9 @@ impl Ledger {
             size_tx,
             poisoned: RwLock::new(None),
             _lock: lock,
+            queue_budget: Arc::new(tokio::sync::Semaphore::new(
+                QUEUE_BUDGET_BYTES / BUDGET_UNIT,
+            )),
         });
         let (tx, rx) = mpsc::channel::<Msg>(MAX_GROUP * 4);
         let s2 = shared.clone();
@@ -581,8 +612,28 @@ impl Ledger {
                 .map(|_| Err(Refusal::unavailable("ledger writer stopped".into())))
                 .collect()
         };
+        let bytes: usize = items
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |p| p.body_bytes.len() + 256))
+            .sum();
+        let units = (bytes / BUDGET_UNIT + 1).min(QUEUE_BUDGET_BYTES / BUDGET_UNIT) as u32;
+        let budget = self
+            .shared
+            .queue_budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .ok();
         let (reply, rx) = oneshot::channel();
-        let sent = self.tx.send(Msg::Job(Job { items, reply })).await.is_ok();
+        let sent = self
+            .tx
+            .send(Msg::Job(Job {
+                items,
+                reply,
+                _budget: budget,
+            }))
+            .await
+            .is_ok();
         async move {
             if !sent {
                 return stopped();
@@ -1143,6 +1194,7 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
     };
     let mut v = Views::new(shared.views.as_ref());
     let mut pending: Vec<PendingLeaf> = Vec::new();
+    let mut deferred: Vec<Equivocation> = Vec::new();
     let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
     let mut replies = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -1153,7 +1205,12 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                 Ok(p) => {
                     let index = base + pending.len() as u64;
                     let t = now_ms().max(last_time);
-                    match admit(shared, &mut v, &pending, base, &p, index, t) {
+                    let mut g = GroupCtx {
+                        pending: &pending,
+                        base,
+                        evidence: &mut deferred,
+                    };
+                    match admit(shared, &mut v, &mut g, &p, index, t) {
                         Ok(Admitted::New) => {
                             let leaf = Leaf {
                                 index,
@@ -1187,6 +1244,11 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
             pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
         match w.log.append(&frames) {
             Ok(locs) => {
+                for e in &deferred {
+                    if let Err(r) = record_evidence(shared, e) {
+                        tracing::error!(error = %r, "recording equivocation evidence");
+                    }
+                }
                 let entries: Vec<EntryView> = pending
                     .iter()
                     .zip(&locs)
@@ -1240,7 +1302,13 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                         r.checkpoint = note;
                         r.checkpoint_size = size;
                     }
-                    Err(e) => tracing::error!(error = %e, "signing checkpoint failed"),
+                    Err(e) => {
+                        // Receipts need a checkpoint covering their entries: stop taking writes.
+                        tracing::error!(error = %e, "signing checkpoint failed");
+                        if let Ok(mut p) = shared.poisoned.write() {
+                            *p = Some(format!("signing a checkpoint failed: {e}"));
+                        }
+                    }
                 }
                 drop(r);
                 // send_replace: `send` would drop the value while nobody is watching.
@@ -1330,15 +1398,23 @@ enum Admitted {
 }
 
 /// The writer's checks for one prepared record, in DESIGN §5 order.
+/// The group being assembled, as `admit` sees it.
+struct GroupCtx<'a> {
+    pending: &'a [PendingLeaf],
+    base: u64,
+    /// Equivocation evidence against entries of this group: written once the group is durable.
+    evidence: &'a mut Vec<Equivocation>,
+}
+
 fn admit(
     shared: &Shared,
     v: &mut Views<'_>,
-    pending: &[PendingLeaf],
-    base: u64,
+    g: &mut GroupCtx<'_>,
     p: &Prepared,
     index: u64,
     now: u64,
 ) -> Result<Admitted, Refusal> {
+    let (pending, base) = (g.pending, g.base);
     let key_info: KeyInfo = v.get(&key::key(&p.signer))?.ok_or_else(|| {
         Refusal::unauthenticated(format!(
             "body.signer: key {} is not registered on this ledger",
@@ -1389,9 +1465,14 @@ fn admit(
                 "record: entry {held} already holds this body, with other signatures or cosignatures"
             )));
         }
-        // A different body at a used seq: keep it as evidence if the key really signed it.
+        // A different body at a used seq: keep it as evidence if the key really signed it —
+        // once the entry it conflicts with is durable (it may be in this very group).
         sig()?;
-        record_evidence(shared, p, held, now)?;
+        if held >= g.base {
+            g.evidence.push(evidence_of(p, held, now));
+        } else {
+            record_evidence(shared, &evidence_of(p, held, now))?;
+        }
         return Err(Refusal::already_exists(format!(
             "body.signer_seq: seq {seq} of key {} is already used by entry {held} with a different body; the conflicting record is kept as equivocation evidence",
             p.signer
@@ -1467,18 +1548,8 @@ fn admit(
     Ok(Admitted::New)
 }
 
-fn record_evidence(shared: &Shared, p: &Prepared, held: u64, now: u64) -> Result<(), Refusal> {
-    let name = format!(
-        "{}-{:020}-{}.evidence",
-        p.signer,
-        p.body.signer_seq,
-        &hex::encode(crypto::body_hash(&p.body_bytes))[..16]
-    );
-    let path = shared.evidence_dir.join(&name);
-    if path.exists() {
-        return Ok(());
-    }
-    let bytes = encode_evidence(&Equivocation {
+fn evidence_of(p: &Prepared, held: u64, now: u64) -> Equivocation {
+    Equivocation {
         key_id: p.signer,
         signer_seq: p.body.signer_seq,
         entry_index: held,
@@ -1492,7 +1563,21 @@ fn record_evidence(shared: &Shared, p: &Prepared, held: u64, now: u64) -> Result
                 .collect(),
         },
         observed_ms: now,
-    });
+    }
+}
+
+fn record_evidence(shared: &Shared, e: &Equivocation) -> Result<(), Refusal> {
+    let name = format!(
+        "{}-{:020}-{}.evidence",
+        e.key_id,
+        e.signer_seq,
+        &hex::encode(crypto::body_hash(&e.conflicting.body))[..16]
+    );
+    let path = shared.evidence_dir.join(&name);
+    if path.exists() {
+        return Ok(());
+    }
+    let bytes = encode_evidence(e);
     let tmp = shared.evidence_dir.join(format!("{name}.tmp"));
     let write = || -> std::io::Result<()> {
         use std::io::Write;

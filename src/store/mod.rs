@@ -58,6 +58,8 @@ pub struct WriteBack {
     layers: Arc<RwLock<Layers>>,
     tx: Mutex<Option<std::sync::mpsc::Sender<Arc<Overlay>>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Serialises hand-offs (the writer's, and `flush` from any thread).
+    handoff: Mutex<()>,
     policy: FlushPolicy,
 }
 
@@ -108,10 +110,17 @@ impl WriteBack {
                 for batch in rx {
                     let items: ViewBatch =
                         batch.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    let res = inner2.apply(items);
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        inner2.apply(items)
+                    }))
+                    .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
                     if let Ok(mut l) = layers2.write() {
                         match res {
-                            Ok(()) => l.flushing = None,
+                            Ok(()) => {
+                                if l.flushing.as_ref().is_some_and(|f| Arc::ptr_eq(f, &batch)) {
+                                    l.flushing = None;
+                                }
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "view store refused a batch");
                                 l.failed = Some(e.to_string());
@@ -119,13 +128,19 @@ impl WriteBack {
                         }
                     }
                 }
-            })
-            .ok();
+            });
+        if let Err(e) = &flusher {
+            if let Ok(mut l) = layers.write() {
+                l.failed = Some(format!("view flusher did not start: {e}"));
+            }
+        }
+        let flusher = flusher.ok();
         WriteBack {
             inner,
             layers,
             tx: Mutex::new(Some(tx)),
             flusher: Mutex::new(flusher),
+            handoff: Mutex::new(()),
             policy,
         }
     }
@@ -169,6 +184,7 @@ impl WriteBack {
         if !due || (busy && !force && !overfull) {
             return Ok(());
         }
+        let _one_at_a_time = self.handoff.lock().map_err(poisoned)?;
         self.wait_idle()?;
         let mut l = self.layers.write().map_err(poisoned)?;
         let batch = Arc::new(std::mem::take(&mut l.dirty));
@@ -178,7 +194,13 @@ impl WriteBack {
         let tx = self.tx.lock().map_err(poisoned)?;
         match tx.as_ref() {
             Some(tx) if tx.send(batch).is_ok() => Ok(()),
-            _ => Err(StoreError::Views("view flusher stopped".into())),
+            _ => {
+                let why = "view flusher stopped".to_string();
+                if let Ok(mut l) = self.layers.write() {
+                    l.failed = Some(why.clone());
+                }
+                Err(StoreError::Views(why))
+            }
         }
     }
 }

@@ -251,6 +251,9 @@ impl SegmentLog {
             pos.segment = first;
             pos.offset = off as u64;
             if last && torn_bytes_cut > 0 {
+                // Keep what is cut, for whoever investigates (it was never acknowledged).
+                let kept = dir.join(format!("torn-{first:020}-{off}.bin"));
+                fs::write(&kept, &data[off..]).map_err(|e| io("write", &kept, e))?;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -305,8 +308,14 @@ impl SegmentLog {
             if cur > 0 && cur + frame_len > self.max_segment_bytes {
                 self.write_sync(&buf)?;
                 buf.clear();
+                // That part is durable: `end` must say so even if what follows fails, so the
+                // caller can tell a group that partly reached the log.
+                pos.offset = self.active_len;
+                self.end = pos;
                 self.roll(pos.entries)?;
                 pos.segment = pos.entries;
+                pos.offset = 0;
+                self.end = pos;
             }
             locations.push(Location {
                 segment: pos.segment,

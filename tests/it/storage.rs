@@ -362,3 +362,22 @@ async fn one_process_per_data_dir_and_reindex_never_touches_a_live_ledger() {
     shut(s).await;
     open_again(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_log_never_gets_a_new_genesis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = Server::start_in(&dir).await;
+    scenario(&s).await;
+    shut(s).await;
+    // The log is gone, but the checkpoint this data dir signed remains.
+    std::fs::remove_dir_all(dir.join("log")).unwrap();
+    std::fs::remove_dir_all(dir.join("views")).unwrap();
+    let e = damaged(&dir).await;
+    assert_eq!(e.code, Code::DataLoss, "{e}");
+    assert!(e.message.contains("log is empty"), "{e}");
+    assert!(
+        !segment(&dir).exists() || std::fs::read(segment(&dir)).unwrap().is_empty(),
+        "no Genesis was written"
+    );
+}
