@@ -276,3 +276,155 @@ fn add_key(keys: &mut HashMap<KeyId, KeyState>, pk: &[u8]) -> Result<(), String>
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{sign_checkpoint, NoteSigner};
+    use crate::client::RecordSigner;
+    use crate::codec::frame;
+    use crate::pb;
+    use ed25519_dalek::SigningKey;
+
+    const ORIGIN: &str = "verify.test/ledger";
+
+    /// Builds an export and a checkpoint over it from (record, time) pairs.
+    fn export(ledger: &SigningKey, records: &[(pb::SignedRecord, u64)]) -> (Vec<u8>, String) {
+        let mut data = Vec::new();
+        let mut tree = MemoryTree::<Blake3Hasher>::new();
+        let mut prev = [0u8; 32];
+        for (i, (r, t)) in records.iter().enumerate() {
+            let leaf = Leaf {
+                index: i as u64,
+                integrated_time_ms: *t,
+                prev_leaf_hash: prev,
+                body: r.body.clone(),
+                signature: r.signature.as_slice().try_into().unwrap(),
+                cosignatures: r
+                    .cosignatures
+                    .iter()
+                    .map(|c| Cosig {
+                        key_id: KeyId::from_slice("k", &c.key_id).unwrap(),
+                        signature: c.signature.as_slice().try_into().unwrap(),
+                    })
+                    .collect(),
+            };
+            let hash = leaf.hash();
+            data.extend(frame(&leaf.encode(), &hash));
+            tree.push(hash);
+            prev = hash;
+        }
+        let signer = NoteSigner::new(ORIGIN, ledger.clone()).unwrap();
+        let note = sign_checkpoint(
+            &Checkpoint {
+                origin: ORIGIN.into(),
+                size: tree.size(),
+                root: tree.root(),
+                extensions: vec![],
+            },
+            &signer,
+        )
+        .unwrap();
+        (data, note)
+    }
+
+    fn register(k: &SigningKey) -> Payload {
+        Payload::RegisterKey(pb::RegisterKey {
+            public_key: k.verifying_key().to_bytes().to_vec(),
+            role: pb::Role::Enterprise as i32,
+            ..Default::default()
+        })
+    }
+
+    /// Genesis (ledger key, one root regulator), then the regulator registers `keys`.
+    fn base(
+        ledger: &SigningKey,
+        reg: &SigningKey,
+        keys: &[&SigningKey],
+    ) -> (Vec<(pb::SignedRecord, u64)>, RecordSigner) {
+        let mut l = RecordSigner::new(ledger.clone(), ORIGIN);
+        let genesis = l.sign(
+            Payload::Genesis(pb::Genesis {
+                origin: ORIGIN.into(),
+                ledger_public_key: ledger.verifying_key().to_bytes().to_vec(),
+                root_regulators: vec![pb::AuthorityKey {
+                    public_key: reg.verifying_key().to_bytes().to_vec(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            0,
+        );
+        let mut r = RecordSigner::new(reg.clone(), ORIGIN);
+        let mut out = vec![(genesis, 1000)];
+        for (i, k) in keys.iter().enumerate() {
+            out.push((r.sign(register(k), 0), 1001 + i as u64));
+        }
+        (out, r)
+    }
+
+    fn stock_take() -> Payload {
+        Payload::StockTake(pb::StockTake::default())
+    }
+
+    #[test]
+    fn a_well_formed_export_verifies() {
+        let (ledger, reg, k) = keys();
+        let (mut recs, _) = base(&ledger, &reg, &[&k]);
+        let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+        recs.push((ks.sign(stock_take(), 0), 2000));
+        let (data, note) = export(&ledger, &recs);
+        let r = verify_export(&data, &note, &ledger.verifying_key()).unwrap();
+        assert_eq!(r.entries, 3);
+    }
+
+    fn keys() -> (SigningKey, SigningKey, SigningKey) {
+        (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        )
+    }
+
+    #[test]
+    fn time_going_backwards_is_refused() {
+        let (ledger, reg, k) = keys();
+        let (mut recs, _) = base(&ledger, &reg, &[&k]);
+        let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+        recs.push((ks.sign(stock_take(), 0), 500)); // before the previous entry's 1001
+        let (data, note) = export(&ledger, &recs);
+        let e = verify_export(&data, &note, &ledger.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("goes back"), "{e}");
+    }
+
+    #[test]
+    fn cosignature_by_a_revoked_key_or_by_the_signer_is_refused() {
+        let (ledger, reg, k) = keys();
+        let c = SigningKey::from_bytes(&[4; 32]);
+        let (mut recs, mut r) = base(&ledger, &reg, &[&k, &c]);
+        recs.push((
+            r.sign(
+                Payload::RevokeKey(pb::RevokeKey {
+                    key_id: KeyId::of(&c.verifying_key()).0.to_vec(),
+                    reason: "test".into(),
+                }),
+                0,
+            ),
+            3000,
+        ));
+        let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+        let body = crate::codec::encode_body(&ks.body(stock_take(), 0));
+        recs.push((ks.sign_bytes(body, &[&c]), 4000));
+        let (data, note) = export(&ledger, &recs);
+        let e = verify_export(&data, &note, &ledger.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("was revoked"), "{e}");
+
+        let (mut recs, _) = base(&ledger, &reg, &[&k]);
+        let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+        let body = crate::codec::encode_body(&ks.body(stock_take(), 0));
+        recs.push((ks.sign_bytes(body, &[&k]), 4000));
+        let (data, note) = export(&ledger, &recs);
+        let e = verify_export(&data, &note, &ledger.verifying_key()).unwrap_err();
+        assert!(e.to_string().contains("cosigns its own"), "{e}");
+    }
+}
