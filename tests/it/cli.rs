@@ -34,14 +34,20 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &Path, keys: &Path) -> (Serve, String) {
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--origin", ORIGIN])
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--origin", ORIGIN])
         .arg("--data")
         .arg(dir)
         .arg("--ledger-key")
         .arg(keys.join("ledger.key"))
         .arg("--root-regulator")
-        .arg(keys.join("regulator.pub"))
+        .arg(keys.join("regulator.pub"));
+    start(cmd)
+}
+
+/// Starts a `serve` command and waits for its "listening on ADDR" line.
+fn start(mut cmd: Command) -> (Serve, String) {
+    let mut child = cmd
         .env("TAIZHANG_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -353,31 +359,18 @@ fn serve_takes_genesis_from_a_config_file() {
     )
     .unwrap();
     let data = p.join("data");
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            "ledger.toml",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .current_dir(p)
-        .env("TAIZHANG_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _srv = Serve(child);
-    let url = format!(
-        "http://{}",
-        line.trim().strip_prefix("listening on ").unwrap()
-    );
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        "ledger.toml",
+    ])
+    .arg("--data")
+    .arg(&data)
+    .current_dir(p);
+    let (_srv, url) = start(cmd);
     let o = run(
         &[
             "export",
