@@ -19,14 +19,14 @@ use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
 use crate::model::Catalogue;
 use crate::pb::{self, record_body::Payload};
 use crate::store::{
-    FlushPolicy, Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, ViewStore,
-    WriteBack,
+    FlushPolicy, Location, Position, SegmentLog, SegmentReader, SledViews, StoreError, SyncHandle,
+    ViewStore, WriteBack,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Code, Refusal};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use views::{key, EntryView, GenesisView, Head, KeyInfo, Views, META_GENESIS, META_POSITION};
 
@@ -157,6 +157,8 @@ struct Shared {
     checkpoint_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
+    /// Groups the writer has written that the syncer has not yet made durable and applied.
+    in_flight: Mutex<VecDeque<Arc<InFlight>>>,
     /// Byte budget of the writer's queue.
     queue_budget: Arc<tokio::sync::Semaphore>,
     /// Held for the ledger's lifetime: one process per data dir.
@@ -249,9 +251,10 @@ pub fn panicked<T>(n: usize) -> Vec<Result<T, Refusal>> {
 /// The single writer's own state.
 struct Writer {
     log: SegmentLog,
-    /// When the kept checkpoint file was last replaced, and whether a newer note exists.
-    kept_at: Option<std::time::Instant>,
-    kept_stale: bool,
+    /// The written end of the log (durable or not): next index, last leaf hash, last time.
+    next: u64,
+    prev_hash: Hash,
+    last_time: u64,
 }
 
 /// The kept checkpoint file is replaced at most this often (and at shutdown).
@@ -318,11 +321,24 @@ impl Ledger {
         let mut tree = MemoryTree::<Blake3Hasher>::new();
         let mut locations = Vec::new();
         let mut last_time_ms = 0;
-        if from.entries > 0 {
+        let format: Option<u32> = match views.get(views::META_FORMAT)? {
+            Some(b) => views::decode(views::META_FORMAT, &b).ok(),
+            None => None,
+        };
+        if from.entries > 0 && format != Some(views::VIEW_FORMAT) {
+            report.views_rebuild_reason = Some(format!(
+                "the views are in format {}, this ledger writes format {}",
+                format.map_or("1".to_string(), |f| f.to_string()),
+                views::VIEW_FORMAT
+            ));
+        } else if from.entries > 0 {
             let blocks = views.scan_prefix(b"x/")?;
             let mut consistent = true;
             for (b, (k, v)) in blocks.iter().enumerate() {
-                let block: Vec<EntryView> = views::decode(k, v)?;
+                let Ok(block) = views::decode_entry_block(k, v) else {
+                    consistent = false;
+                    break;
+                };
                 let full = b + 1 < blocks.len();
                 if *k != key::entry_block(b as u64) || (full && block.len() as u64 != views::BLOCK)
                 {
@@ -346,13 +362,13 @@ impl Ledger {
                     from.entries
                 ));
             }
-            if report.views_rebuild_reason.is_some() {
-                views.clear()?;
-                report.views_rebuilt = true;
-                from = Position::START;
-                tree = MemoryTree::new();
-                locations.clear();
-            }
+        }
+        if report.views_rebuild_reason.is_some() {
+            views.clear()?;
+            report.views_rebuilt = true;
+            from = Position::START;
+            tree = MemoryTree::new();
+            locations.clear();
         }
         // Scan the log from there, replaying each entry into the views.
         let genesis_existing: Option<GenesisView> = match views.get(META_GENESIS)? {
@@ -390,8 +406,9 @@ impl Ledger {
         }
         let mut writer = Writer {
             log,
-            kept_at: None,
-            kept_stale: false,
+            next: 0,
+            prev_hash: [0; 32],
+            last_time: 0,
         };
         let cp_path = cfg.data_dir.join(CHECKPOINT_FILE);
         if tree.size() == 0 && cp_path.exists() {
@@ -468,6 +485,9 @@ impl Ledger {
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
         persist_checkpoint(&cp_path, &checkpoint)?;
         report.entries = size;
+        writer.next = size;
+        writer.prev_hash = tree.leaf(size.saturating_sub(1)).unwrap_or([0; 32]);
+        writer.last_time = last_time_ms;
         let (size_tx, _) = watch::channel(size);
         let shared = Arc::new(Shared {
             ledger_vk: cfg.ledger_key.verifying_key(),
@@ -488,6 +508,7 @@ impl Ledger {
             checkpoint_path: cp_path,
             size_tx,
             poisoned: RwLock::new(None),
+            in_flight: Mutex::new(VecDeque::new()),
             _lock: lock,
             queue_budget: Arc::new(tokio::sync::Semaphore::new(
                 QUEUE_BUDGET_BYTES / BUDGET_UNIT,
@@ -713,6 +734,12 @@ impl Ledger {
         if self.tx.send(Msg::Close(done)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Writes the views held in memory through to the view store (they reach it in the
+    /// background anyway; this waits for it).
+    pub fn flush_views(&self) -> Result<(), Refusal> {
+        Ok(self.shared.views.flush()?)
     }
 
     /// Number of entries durable in the log.
@@ -1085,7 +1112,7 @@ fn write_genesis(
         return Err(Refusal::internal("genesis payload".into()));
     };
     rules::apply_genesis(&mut v, &id, g, &body_bytes)?;
-    let locs = w.log.append(&[(bytes, hash)])?;
+    let locs = w.log.append(&[(&bytes, hash)])?;
     v.push_entries(
         0,
         &[EntryView {
@@ -1116,10 +1143,62 @@ struct PendingLeaf {
     hash: Hash,
 }
 
+/// A group the writer has checked and written to the log but that is not yet durable. Later
+/// groups are checked against its view changes (and may cite or retry its entries) until the
+/// syncer has made it durable and applied it to the views.
+struct InFlight {
+    base: u64,
+    leaves: Vec<PendingLeaf>,
+    locations: Vec<Location>,
+    /// The views after this group (its changes, its entry index, its log position).
+    overlay: views::Overlay,
+}
+
+impl InFlight {
+    fn leaf(&self, index: u64) -> Option<&PendingLeaf> {
+        index
+            .checked_sub(self.base)
+            .and_then(|i| self.leaves.get(i as usize))
+    }
+}
+
+/// What the writer hands to the syncer for one group.
+struct Staged {
+    base: u64,
+    /// The group's new entries; `None` when it has none, or its write failed.
+    written: Option<Arc<InFlight>>,
+    sync: Option<SyncHandle>,
+    /// Why the group's write failed (its new entries are refused with it).
+    failure: Option<Refusal>,
+    outcomes: Vec<Vec<Outcome>>,
+    replies: Vec<Reply>,
+    /// Equivocation evidence against entries not yet durable: written once this group is.
+    deferred: Vec<Equivocation>,
+    last_time: u64,
+}
+
+enum ToSync {
+    Group(Staged),
+    Close(oneshot::Sender<()>),
+}
+
+/// Groups the writer may have written ahead of the syncer (one being synced, the rest queued).
+const GROUPS_IN_FLIGHT: usize = 4;
+
 fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
-    let mut close = None;
+    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<ToSync>(GROUPS_IN_FLIGHT);
+    let s2 = shared.clone();
+    let syncer = std::thread::Builder::new()
+        .name("taizhang-sync".into())
+        .spawn(move || run_syncer(s2, sync_rx));
+    if let Err(e) = &syncer {
+        if let Ok(mut p) = shared.poisoned.write() {
+            *p = Some(format!("sync thread did not start: {e}"));
+        }
+    }
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::new();
+        let mut close = None;
         let mut n = 0;
         let mut bytes = 0;
         let mut next = Some(first);
@@ -1144,55 +1223,79 @@ fn run_writer(shared: Arc<Shared>, mut w: Writer, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         if !jobs.is_empty() {
-            process_group(&shared, &mut w, jobs);
+            if let Some(staged) = stage_group(&shared, &mut w, jobs) {
+                if let Err(std::sync::mpsc::SendError(ToSync::Group(g))) =
+                    sync_tx.send(ToSync::Group(staged))
+                {
+                    refuse_all(
+                        g.replies,
+                        g.outcomes.iter().map(Vec::len),
+                        "sync thread stopped",
+                    );
+                }
+            }
         }
-        if close.is_some() {
+        if let Some(done) = close {
+            if let Err(std::sync::mpsc::SendError(ToSync::Close(done))) =
+                sync_tx.send(ToSync::Close(done))
+            {
+                let _ = done.send(());
+            }
             break;
         }
     }
-    if let Err(e) = shared.views.flush() {
-        tracing::warn!(error = %e, "flushing views at close");
-    }
-    if w.kept_stale {
-        if let Ok(r) = shared.read.read() {
-            if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &r.checkpoint) {
-                tracing::warn!(error = %e, "keeping the latest checkpoint");
-            }
-        }
-    }
-    if let Some(done) = close {
-        let _ = done.send(());
+    drop(sync_tx);
+    if let Ok(h) = syncer {
+        let _ = h.join();
     }
     tracing::info!("ledger writer stopped");
 }
 
-fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
-    if let Some(why) = shared.poisoned.read().ok().and_then(|p| p.clone()) {
-        for job in jobs {
-            let n = job.items.len();
-            let _ = job.reply.send(
-                (0..n)
-                    .map(|_| {
-                        Err(Refusal::unavailable(format!(
-                            "ledger is refusing writes: {why}"
-                        )))
-                    })
-                    .collect(),
-            );
-        }
-        return;
+fn refuse_all(replies: Vec<Reply>, sizes: impl Iterator<Item = usize>, why: &str) {
+    for (reply, n) in replies.into_iter().zip(sizes) {
+        let _ = reply.send(
+            (0..n)
+                .map(|_| {
+                    Err(Refusal::unavailable(format!(
+                        "ledger is refusing writes: {why}"
+                    )))
+                })
+                .collect(),
+        );
     }
-    let (base, mut prev_hash, mut last_time) = {
-        let Ok(r) = shared.read.read() else { return };
-        (
-            r.tree.size(),
-            r.tree
-                .leaf(r.tree.size().saturating_sub(1))
-                .unwrap_or([0; 32]),
-            r.last_time_ms,
-        )
-    };
-    let mut v = Views::new(shared.views.as_ref());
+}
+
+/// Checks a group's records (against the views as changed by the groups still in flight) and
+/// writes the admitted ones to the log, without waiting for them to be durable. Returns `None`
+/// when the ledger refuses writes (the jobs are answered here).
+fn stage_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) -> Option<Staged> {
+    if let Some(why) = shared.poisoned.read().ok().and_then(|p| p.clone()) {
+        let sizes: Vec<usize> = jobs.iter().map(|j| j.items.len()).collect();
+        refuse_all(
+            jobs.into_iter().map(|j| j.reply).collect(),
+            sizes.into_iter(),
+            &why,
+        );
+        return None;
+    }
+    // Keep the view flusher off sled while this group is checked: sled's batches lock out
+    // every read, and this thread is the ledger's critical path.
+    let gate = shared.views.read_gate();
+    let _gate = FairGuard(gate.as_ref().map(|g| g.lock()));
+    // The groups not yet durable, oldest first. One that becomes durable meanwhile stays
+    // readable here; one already gone from the list is in the views and the tree.
+    let in_flight: Vec<Arc<InFlight>> = shared
+        .in_flight
+        .lock()
+        .map(|q| q.iter().cloned().collect())
+        .unwrap_or_default();
+    let base = w.next;
+    let mut prev_hash = w.prev_hash;
+    let mut last_time = w.last_time;
+    let mut v = Views::staged(
+        shared.views.as_ref(),
+        in_flight.iter().map(|g| &g.overlay).collect(),
+    );
     let mut pending: Vec<PendingLeaf> = Vec::new();
     let mut deferred: Vec<Equivocation> = Vec::new();
     let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(jobs.len());
@@ -1208,6 +1311,7 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
                     let mut g = GroupCtx {
                         pending: &pending,
                         base,
+                        in_flight: &in_flight,
                         evidence: &mut deferred,
                     };
                     match admit(shared, &mut v, &mut g, &p, index, t) {
@@ -1237,121 +1341,289 @@ fn process_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) {
         outcomes.push(out);
         replies.push(job.reply);
     }
-    // Make the group durable.
-    let mut failure: Option<Refusal> = None;
-    if !pending.is_empty() {
-        let frames: Vec<(Vec<u8>, Hash)> =
-            pending.iter().map(|p| (p.bytes.clone(), p.hash)).collect();
-        match w.log.append(&frames) {
-            Ok(locs) => {
-                for e in &deferred {
-                    if let Err(r) = record_evidence(shared, e) {
-                        tracing::error!(error = %r, "recording equivocation evidence");
-                    }
-                }
-                let entries: Vec<EntryView> = pending
-                    .iter()
-                    .zip(&locs)
-                    .map(|(p, loc)| EntryView {
-                        location: *loc,
-                        leaf_hash: p.hash,
-                    })
-                    .collect();
-                let applied = v
-                    .push_entries(base, &entries)
-                    .and_then(|_| shared.views.apply(v.into_batch(&w.log.end())));
-                if let Err(e) = applied {
-                    // Entries are durable but the views missed them: refuse further writes
-                    // until a restart replays the tail into the views.
-                    let why = format!("view store failed after a durable append: {e}");
-                    tracing::error!(%why);
-                    if let Ok(mut p) = shared.poisoned.write() {
-                        *p = Some(why);
-                    }
-                }
-                let Ok(mut r) = shared.read.write() else {
-                    return;
-                };
-                for (p, loc) in pending.iter().zip(&locs) {
-                    r.tree.push(p.hash);
-                    r.locations.push(*loc);
-                }
-                r.last_time_ms = last_time;
-                let size = r.tree.size();
-                match sign_checkpoint(
-                    &Checkpoint {
-                        origin: shared.genesis.origin.clone(),
-                        size,
-                        root: r.tree.root(),
-                        extensions: vec![],
-                    },
-                    &shared.note_signer,
-                ) {
-                    Ok(note) => {
-                        if w.kept_at
-                            .is_none_or(|t| t.elapsed() >= KEEP_CHECKPOINT_EVERY)
-                        {
-                            if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &note) {
-                                tracing::warn!(error = %e, "keeping the latest checkpoint");
-                            }
-                            w.kept_at = Some(std::time::Instant::now());
-                            w.kept_stale = false;
-                        } else {
-                            w.kept_stale = true;
-                        }
-                        r.checkpoint = note;
-                        r.checkpoint_size = size;
-                    }
-                    Err(e) => {
-                        // Receipts need a checkpoint covering their entries: stop taking writes.
-                        tracing::error!(error = %e, "signing checkpoint failed");
-                        if let Ok(mut p) = shared.poisoned.write() {
-                            *p = Some(format!("signing a checkpoint failed: {e}"));
-                        }
-                    }
-                }
-                drop(r);
-                // send_replace: `send` would drop the value while nobody is watching.
-                shared.size_tx.send_replace(size);
+    let mut staged = Staged {
+        base,
+        written: None,
+        sync: None,
+        failure: None,
+        outcomes,
+        replies,
+        deferred,
+        last_time,
+    };
+    if pending.is_empty() {
+        return Some(staged);
+    }
+    let frames: Vec<(&[u8], Hash)> = pending
+        .iter()
+        .map(|p| (p.bytes.as_slice(), p.hash))
+        .collect();
+    let written = w.log.write(&frames);
+    drop(frames);
+    match written {
+        Ok(locations) => {
+            let entries: Vec<EntryView> = pending
+                .iter()
+                .zip(&locations)
+                .map(|(p, loc)| EntryView {
+                    location: *loc,
+                    leaf_hash: p.hash,
+                })
+                .collect();
+            if let Err(e) = v.push_entries(base, &entries) {
+                // The entry index disagrees with the log: an internal fault. The group may yet
+                // reach the disk, so stop taking writes until a restart replays the log.
+                poison(shared, format!("entry index: {e}"));
+                staged.failure = Some(Refusal::internal(format!("entry index: {e}")));
+                return Some(staged);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "group append failed; nothing in it is acknowledged");
+            let overlay = v.into_overlay(&w.log.end());
+            let g = Arc::new(InFlight {
+                base,
+                leaves: pending,
+                locations,
+                overlay,
+            });
+            if let Ok(mut q) = shared.in_flight.lock() {
+                q.push_back(g.clone());
+            }
+            w.next = base + g.leaves.len() as u64;
+            w.prev_hash = prev_hash;
+            w.last_time = last_time;
+            staged.written = Some(g);
+            staged.sync = Some(w.log.sync_handle());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "group write failed; nothing in it is acknowledged");
+            staged.failure = Some(Refusal::from(e));
+            // A segment roll may have left part of the group durable: reopen to learn.
+            if w.log.end().entries != base {
+                poison(
+                    shared,
+                    "a partly written group needs a restart to be replayed".into(),
+                );
+            }
+        }
+    }
+    Some(staged)
+}
+
+/// Holds the view store's read gate; on drop, hands it to whoever waits for it (the flusher)
+/// before this thread can take it again.
+struct FairGuard<'a>(Option<parking_lot::MutexGuard<'a, ()>>);
+
+impl Drop for FairGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0.take() {
+            parking_lot::MutexGuard::unlock_fair(g);
+        }
+    }
+}
+
+fn poison(shared: &Shared, why: String) {
+    tracing::error!(%why, "ledger stops taking writes");
+    if let Ok(mut p) = shared.poisoned.write() {
+        if p.is_none() {
+            *p = Some(why);
+        }
+    }
+}
+
+/// The syncer's own state.
+struct Syncer {
+    /// When the kept checkpoint file was last replaced, and whether a newer note exists.
+    kept_at: Option<std::time::Instant>,
+    kept_stale: bool,
+}
+
+/// Makes staged groups durable — everything queued at once, with one `fdatasync` — then
+/// applies them to the views and the tree, signs one checkpoint and answers every record.
+fn run_syncer(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<ToSync>) {
+    let mut s = Syncer {
+        kept_at: None,
+        kept_stale: false,
+    };
+    let mut close = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToSync::Group(g) => batch.push(g),
+                ToSync::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        finish_batch(&shared, &mut s, batch);
+        if close.is_some() {
+            break;
+        }
+    }
+    if let Err(e) = shared.views.flush() {
+        tracing::warn!(error = %e, "flushing views at close");
+    }
+    if s.kept_stale {
+        if let Ok(r) = shared.read.read() {
+            if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &r.checkpoint) {
+                tracing::warn!(error = %e, "keeping the latest checkpoint");
+            }
+        }
+    }
+    if let Some(done) = close {
+        let _ = done.send(());
+    }
+}
+
+fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
+    // Durability first: one fdatasync per segment file the batch wrote to (almost always one).
+    let mut failure: Option<Refusal> = shared
+        .poisoned
+        .read()
+        .ok()
+        .and_then(|p| p.clone())
+        .map(|why| Refusal::unavailable(format!("ledger is refusing writes: {why}")));
+    if failure.is_none() {
+        let mut synced: Vec<&SyncHandle> = Vec::new();
+        for h in batch.iter().filter_map(|g| g.sync.as_ref()) {
+            if synced.iter().any(|d| d.same_file(h)) {
+                continue;
+            }
+            if let Err(e) = h.sync() {
+                // After a failed fdatasync the page cache no longer says what is on disk
+                // (the kernel may have dropped the dirty pages): stop, and let a restart
+                // read back what really is there.
+                poison(shared, format!("fdatasync failed: {e}"));
                 failure = Some(Refusal::from(e));
-                // A segment roll may have left part of the group durable: reopen to learn.
-                if let Ok(mut p) = shared.poisoned.write() {
-                    if w.log.end().entries != base {
-                        *p = Some("a partly written group needs a restart to be replayed".into());
-                    }
+                break;
+            }
+            synced.push(h);
+        }
+    }
+    let written: Vec<&Arc<InFlight>> = batch.iter().filter_map(|g| g.written.as_ref()).collect();
+    if failure.is_none() {
+        // The entries these forks conflict with are durable now (in this batch or before).
+        for g in &batch {
+            for e in &g.deferred {
+                if let Err(r) = record_evidence(shared, e) {
+                    tracing::error!(error = %r, "recording equivocation evidence");
                 }
             }
         }
     }
-    // Receipts.
-    let r = match shared.read.read() {
-        Ok(r) => r,
-        Err(_) => return,
-    };
-    for (out, reply) in outcomes.into_iter().zip(replies) {
-        let results = out
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Refused(r) => Err(r),
-                Outcome::New(i) | Outcome::Duplicate(i) if failure.is_some() && i >= base => {
-                    Err(failure
-                        .clone()
-                        .unwrap_or_else(|| Refusal::unavailable("append failed".into())))
-                }
-                Outcome::New(i) => receipt(
+    if failure.is_none() && !written.is_empty() {
+        for g in &written {
+            let changes: crate::store::ViewBatch = g
+                .overlay
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Err(e) = shared.views.apply(changes) {
+                // Entries are durable but the views missed them: refuse further writes
+                // until a restart replays the tail into the views.
+                poison(
                     shared,
-                    &r,
-                    i,
-                    false,
-                    Some(&pending[(i - base) as usize].leaf),
-                ),
-                Outcome::Duplicate(i) => receipt(shared, &r, i, true, None),
-            })
-            .collect();
-        let _ = reply.send(results);
+                    format!("view store failed after a durable append: {e}"),
+                );
+            }
+        }
+        if let Ok(mut r) = shared.read.write() {
+            for g in &written {
+                for (p, loc) in g.leaves.iter().zip(&g.locations) {
+                    r.tree.push(p.hash);
+                    r.locations.push(*loc);
+                }
+            }
+            if let Some(t) = batch
+                .iter()
+                .filter(|g| g.written.is_some())
+                .map(|g| g.last_time)
+                .max()
+            {
+                r.last_time_ms = r.last_time_ms.max(t);
+            }
+            let size = r.tree.size();
+            match sign_checkpoint(
+                &Checkpoint {
+                    origin: shared.genesis.origin.clone(),
+                    size,
+                    root: r.tree.root(),
+                    extensions: vec![],
+                },
+                &shared.note_signer,
+            ) {
+                Ok(note) => {
+                    if s.kept_at
+                        .is_none_or(|t| t.elapsed() >= KEEP_CHECKPOINT_EVERY)
+                    {
+                        if let Err(e) = persist_checkpoint(&shared.checkpoint_path, &note) {
+                            tracing::warn!(error = %e, "keeping the latest checkpoint");
+                        }
+                        s.kept_at = Some(std::time::Instant::now());
+                        s.kept_stale = false;
+                    } else {
+                        s.kept_stale = true;
+                    }
+                    r.checkpoint = note;
+                    r.checkpoint_size = size;
+                }
+                Err(e) => {
+                    // Receipts need a checkpoint covering their entries: stop taking writes.
+                    poison(shared, format!("signing a checkpoint failed: {e}"));
+                }
+            }
+            drop(r);
+            // send_replace: `send` would drop the value while nobody is watching.
+            shared.size_tx.send_replace(size);
+        }
+    }
+    // The batch's groups are in the views and the tree now (or never will be): the writer
+    // stops looking for them in flight.
+    if !written.is_empty() {
+        if let Ok(mut q) = shared.in_flight.lock() {
+            for g in &written {
+                if q.front().is_some_and(|f| Arc::ptr_eq(f, g)) {
+                    q.pop_front();
+                }
+            }
+        }
+    }
+    // Receipts, only for entries the signed tree holds.
+    let Ok(r) = shared.read.read() else { return };
+    let durable = r.checkpoint_size;
+    for g in batch {
+        let own_failure = g.failure.clone();
+        for (out, reply) in g.outcomes.into_iter().zip(g.replies) {
+            let results = out
+                .into_iter()
+                .map(|o| {
+                    let (i, dup) = match o {
+                        Outcome::Refused(r) => return Err(r),
+                        Outcome::New(i) => (i, false),
+                        Outcome::Duplicate(i) => (i, true),
+                    };
+                    // A group whose write failed had its indices reused by the next group.
+                    if let Some(f) = own_failure.as_ref().filter(|_| i >= g.base) {
+                        return Err(f.clone());
+                    }
+                    if i >= durable {
+                        return Err(failure.clone().unwrap_or_else(|| {
+                            Refusal::unavailable("the entry did not become durable".into())
+                        }));
+                    }
+                    let leaf = g
+                        .written
+                        .as_ref()
+                        .filter(|_| !dup)
+                        .and_then(|w| w.leaf(i))
+                        .map(|p| &p.leaf);
+                    receipt(shared, &r, i, dup, leaf)
+                })
+                .collect();
+            let _ = reply.send(results);
+        }
     }
 }
 
@@ -1362,16 +1634,17 @@ fn receipt(
     duplicate: bool,
     leaf: Option<&Leaf>,
 ) -> Result<Receipt, Refusal> {
-    let leaf = match leaf {
-        Some(l) => l.clone(),
+    let (integrated_time_ms, prev_leaf_hash) = match leaf {
+        Some(l) => (l.integrated_time_ms, l.prev_leaf_hash),
         None => {
             let loc = *r
                 .locations
                 .get(index as usize)
                 .ok_or_else(|| Refusal::internal("location".into()))?;
             let (bytes, _) = shared.reader.read(loc)?;
-            Leaf::decode(&bytes)
-                .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {index}: {e}")))?
+            let l = Leaf::decode(&bytes)
+                .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {index}: {e}")))?;
+            (l.integrated_time_ms, l.prev_leaf_hash)
         }
     };
     let size = r.checkpoint_size;
@@ -1383,8 +1656,8 @@ fn receipt(
             .tree
             .leaf(index)
             .ok_or_else(|| Refusal::internal("leaf".into()))?,
-        integrated_time_ms: leaf.integrated_time_ms,
-        prev_leaf_hash: leaf.prev_leaf_hash,
+        integrated_time_ms,
+        prev_leaf_hash,
         checkpoint: r.checkpoint.clone(),
         tree_size: size,
         inclusion_proof: proof,
@@ -1402,8 +1675,25 @@ enum Admitted {
 struct GroupCtx<'a> {
     pending: &'a [PendingLeaf],
     base: u64,
-    /// Equivocation evidence against entries of this group: written once the group is durable.
+    /// Earlier groups written but not yet durable, oldest first.
+    in_flight: &'a [Arc<InFlight>],
+    /// Equivocation evidence against entries not yet durable: written once this group is.
     evidence: &'a mut Vec<Equivocation>,
+}
+
+impl GroupCtx<'_> {
+    /// Entries from this index on are not yet durable.
+    fn durable_end(&self) -> u64 {
+        self.in_flight.first().map_or(self.base, |g| g.base)
+    }
+
+    /// An entry of this group or of one in flight.
+    fn not_durable(&self, index: u64) -> Option<&PendingLeaf> {
+        if index >= self.base {
+            return self.pending.get((index - self.base) as usize);
+        }
+        self.in_flight.iter().find_map(|g| g.leaf(index))
+    }
 }
 
 fn admit(
@@ -1414,7 +1704,6 @@ fn admit(
     index: u64,
     now: u64,
 ) -> Result<Admitted, Refusal> {
-    let (pending, base) = (g.pending, g.base);
     let key_info: KeyInfo = v.get(&key::key(&p.signer))?.ok_or_else(|| {
         Refusal::unauthenticated(format!(
             "body.signer: key {} is not registered on this ledger",
@@ -1440,8 +1729,8 @@ fn admit(
         let held: u64 = v
             .signer_seq_index(&p.signer, seq)?
             .ok_or_else(|| Refusal::internal(format!("no entry for {} seq {seq}", p.signer)))?;
-        let held_leaf = if held >= base {
-            pending[(held - base) as usize].leaf.clone()
+        let held_leaf = if let Some(p) = g.not_durable(held) {
+            p.leaf.clone()
         } else {
             let loc = shared
                 .read
@@ -1468,7 +1757,7 @@ fn admit(
         // A different body at a used seq: keep it as evidence if the key really signed it —
         // once the entry it conflicts with is durable (it may be in this very group).
         sig()?;
-        if held >= g.base {
+        if held >= g.durable_end() {
             g.evidence.push(evidence_of(p, held, now));
         } else {
             record_evidence(shared, &evidence_of(p, held, now))?;
@@ -1520,8 +1809,8 @@ fn admit(
             .map_err(|e| Refusal::unauthenticated(format!("record.cosignatures[{i}]: {e}")))?;
     }
     let pending_hash = |i: u64| -> Option<Hash> {
-        if i >= base {
-            pending.get((i - base) as usize).map(|p| p.hash)
+        if i >= g.durable_end() {
+            g.not_durable(i).map(|p| p.hash)
         } else {
             shared.read.read().ok()?.tree.leaf(i)
         }

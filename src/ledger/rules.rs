@@ -343,6 +343,7 @@ pub fn apply_genesis(
         .as_slice()
         .try_into()
         .map_err(|_| invalid("genesis.catalogue_digest", "must be 32 bytes"))?;
+    v.put(META_FORMAT.to_vec(), &VIEW_FORMAT);
     v.put(
         META_GENESIS.to_vec(),
         &GenesisView {

@@ -14,6 +14,11 @@ use std::collections::BTreeMap;
 pub const META_POSITION: &[u8] = b"meta/position";
 /// Key of the ledger's identity (origin, ledger key, catalogue), from Genesis.
 pub const META_GENESIS: &[u8] = b"meta/genesis";
+/// Key of the format the views are written in (a `u32`, written with Genesis). Views in any
+/// other format are rebuilt from the log at open.
+pub const META_FORMAT: &[u8] = b"meta/format";
+/// The views' format: 2 = entry index blocks of fixed-width entries.
+pub const VIEW_FORMAT: u32 = 2;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +144,49 @@ pub struct EntryView {
     pub leaf_hash: [u8; 32],
 }
 
+impl EntryView {
+    /// Bytes of one entry in an entry index block: segment u64, offset u64, len u32 (all
+    /// big-endian), leaf hash.
+    pub const WIDTH: usize = 8 + 8 + 4 + 32;
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.location.segment.to_be_bytes());
+        out.extend_from_slice(&self.location.offset.to_be_bytes());
+        out.extend_from_slice(&self.location.len.to_be_bytes());
+        out.extend_from_slice(&self.leaf_hash);
+    }
+
+    fn decode(b: &[u8]) -> EntryView {
+        // INVARIANT: callers pass exactly WIDTH bytes (chunks_exact).
+        let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        EntryView {
+            location: Location {
+                segment: u64_at(0),
+                offset: u64_at(8),
+                len: u32::from_be_bytes(b[16..20].try_into().expect("4 bytes")),
+            },
+            leaf_hash: b[20..52].try_into().expect("32 bytes"),
+        }
+    }
+}
+
+/// The entries of an entry index block (see [`EntryView::WIDTH`]).
+pub fn decode_entry_block(key: &[u8], bytes: &[u8]) -> Result<Vec<EntryView>, StoreError> {
+    if !bytes.len().is_multiple_of(EntryView::WIDTH)
+        || bytes.len() / EntryView::WIDTH > BLOCK as usize
+    {
+        return Err(StoreError::Views(format!(
+            "entry index block {} holds {} bytes, not whole entries",
+            String::from_utf8_lossy(key),
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(EntryView::WIDTH)
+        .map(EntryView::decode)
+        .collect())
+}
+
 /// A holding: enterprise × site × substance × lot.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holding<'a> {
@@ -214,25 +262,42 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T,
     })
 }
 
-/// Typed access to the views through the current group's overlay.
+/// A group's view changes: key → new value (`None` deletes).
+pub type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Typed access to the views through the current group's overlay, and beneath it the overlays
+/// of earlier groups that are written but not yet durable (so not yet in the store).
 pub struct Views<'s> {
     store: &'s dyn ViewStore,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Earlier groups' overlays, oldest first.
+    staged: Vec<&'s Overlay>,
+    overlay: Overlay,
 }
 
 impl<'s> Views<'s> {
     pub fn new(store: &'s dyn ViewStore) -> Self {
+        Self::staged(store, Vec::new())
+    }
+
+    /// Views over `store` as changed by `staged` (oldest first).
+    pub fn staged(store: &'s dyn ViewStore, staged: Vec<&'s Overlay>) -> Self {
         Views {
             store,
+            staged,
             overlay: BTreeMap::new(),
         }
     }
 
     pub fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.store.get(key),
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
         }
+        for o in self.staged.iter().rev() {
+            if let Some(v) = o.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        self.store.get(key)
     }
 
     pub fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -260,9 +325,14 @@ impl<'s> Views<'s> {
 
     /// The overlay as a batch, with the log position it brings the views to.
     pub fn into_batch(self, position: &Position) -> ViewBatch {
-        let mut batch: ViewBatch = self.overlay.into_iter().collect();
-        batch.push((META_POSITION.to_vec(), Some(encode(position))));
-        batch
+        self.into_overlay(position).into_iter().collect()
+    }
+
+    /// The overlay, with the log position it brings the views to.
+    pub fn into_overlay(mut self, position: &Position) -> Overlay {
+        self.overlay
+            .insert(META_POSITION.to_vec(), Some(encode(position)));
+        self.overlay
     }
 
     /// Records that `seq` of key `id` is entry `index` (seqs arrive contiguous from 0).
@@ -299,25 +369,27 @@ impl<'s> Views<'s> {
             .map(u64::from_be_bytes))
     }
 
-    /// Records entries `first..first + entries.len()` (appended in order).
+    /// Records entries `first..first + entries.len()` (appended in order). A block is its
+    /// entries at [`EntryView::WIDTH`] bytes each, appended in place.
     pub fn push_entries(&mut self, first: u64, entries: &[EntryView]) -> Result<(), StoreError> {
-        let mut i = 0usize;
-        while i < entries.len() {
+        for (i, e) in entries.iter().enumerate() {
             let index = first + i as u64;
             let k = key::entry_block(index / BLOCK);
-            let mut block: Vec<EntryView> = self.get(&k)?.unwrap_or_default();
-            if block.len() as u64 != index % BLOCK {
-                return Err(StoreError::Views(format!(
-                    "entry index block {} holds {} entries, entry {index} does not follow",
-                    index / BLOCK,
-                    block.len()
-                )));
+            if !self.overlay.contains_key(&k) {
+                let current = self.raw_get(&k)?.unwrap_or_default();
+                self.overlay.insert(k.clone(), Some(current));
             }
-            let room = (BLOCK - index % BLOCK) as usize;
-            let take = room.min(entries.len() - i);
-            block.extend_from_slice(&entries[i..i + take]);
-            self.put(k, &block);
-            i += take;
+            let want = (index % BLOCK) as usize * EntryView::WIDTH;
+            match self.overlay.get_mut(&k) {
+                Some(Some(block)) if block.len() == want => e.encode_into(block),
+                other => {
+                    return Err(StoreError::Views(format!(
+                        "entry index block {} holds {} bytes, entry {index} does not follow",
+                        index / BLOCK,
+                        other.and_then(|b| b.as_ref().map(Vec::len)).unwrap_or(0)
+                    )))
+                }
+            }
         }
         Ok(())
     }

@@ -3,16 +3,16 @@
 //! The view store is a narrow key-value trait so another engine can take sled's place; sled is
 //! the production implementation and an in-memory map serves tests. Everything in it is derived
 //! from the log and is written after the log is durable, together with the log position it
-//! reflects, in one atomic batch.
+//! reflects: each batch the store applies is atomic and carries that position.
 
 pub mod segment;
 mod writeback;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-pub use segment::{Location, Position, Recovery, SegmentLog, SegmentReader};
+pub use segment::{Location, Position, Recovery, SegmentLog, SegmentReader, SyncHandle};
 pub use writeback::{FlushPolicy, WriteBack};
 
 /// Storage errors: corruption and I/O kept apart from each other.
@@ -48,7 +48,17 @@ pub trait ViewStore: Send {
     fn clear(&self) -> Result<(), StoreError>;
     /// Asks the engine to write its buffers out (not a durability promise; see DESIGN §7).
     fn flush(&self) -> Result<(), StoreError>;
+    /// A gate that keeps this store's background writes off the engine while held, for a
+    /// reader on a critical path (the ledger's writer) whose reads must not wait behind them.
+    fn read_gate(&self) -> Option<Arc<ReadGate>> {
+        None
+    }
 }
+
+/// See [`ViewStore::read_gate`]. Hold it with `lock()`; let go with
+/// `parking_lot::MutexGuard::unlock_fair` so that a background writer waiting for it gets its
+/// turn at once.
+pub type ReadGate = parking_lot::Mutex<()>;
 
 /// In-memory view store for tests.
 #[derive(Default)]
@@ -205,11 +215,11 @@ impl ViewStore for SledViews {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The conformance suite every view store passes.
-    fn conformance(v: &dyn ViewStore) {
+    pub(crate) fn conformance(v: &dyn ViewStore) {
         v.apply(vec![
             (b"a/1".to_vec(), Some(b"x".to_vec())),
             (b"a/2".to_vec(), Some(b"y".to_vec())),

@@ -89,7 +89,7 @@ pub struct SegmentLog {
     max_segment_bytes: u64,
     /// First index of each segment, ascending; the last is open for appends.
     segments: Vec<u64>,
-    active: File,
+    active: Arc<File>,
     active_len: u64,
     end: Position,
     readers: Arc<RwLock<OpenFiles>>,
@@ -266,10 +266,12 @@ impl SegmentLog {
         }
         let active_first = *segments.last().unwrap_or(&0);
         let path = dir.join(seg_name(active_first));
-        let active = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| io("open", &path, e))?;
+        let active = Arc::new(
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| io("open", &path, e))?,
+        );
         let active_len = pos.offset;
         let log = SegmentLog {
             dir: dir.to_path_buf(),
@@ -298,15 +300,32 @@ impl SegmentLog {
     /// locations. On error nothing of the group is acknowledged; the caller reloads from disk
     /// (a part written to an earlier segment before a roll may survive, valid but unacknowledged,
     /// and a retry of it then returns its receipt).
-    pub fn append(&mut self, leaves: &[(Vec<u8>, Hash)]) -> Result<Vec<Location>, StoreError> {
+    pub fn append(&mut self, leaves: &[(&[u8], Hash)]) -> Result<Vec<Location>, StoreError> {
+        let locations = self.write(leaves)?;
+        self.sync_handle().sync()?;
+        Ok(locations)
+    }
+
+    /// Writes framed leaves (each with its hash) with one `write`, without making them
+    /// durable: that takes a [`SyncHandle::sync`] of the handle taken after the write. When the
+    /// active segment fills, its part is written and synced before the next segment is created
+    /// (only the last segment may end in a torn tail). On error the part written to the active
+    /// segment is cut off again; a part that reached an earlier segment before a roll stays and
+    /// `end` says so, so the caller can tell a group that partly reached the log.
+    pub fn write(&mut self, leaves: &[(&[u8], Hash)]) -> Result<Vec<Location>, StoreError> {
         let mut locations = Vec::with_capacity(leaves.len());
-        let mut buf = Vec::new();
+        let bytes: usize = leaves
+            .iter()
+            .map(|(l, _)| l.len() + FRAME_OVERHEAD as usize)
+            .sum();
+        let mut buf = Vec::with_capacity(bytes.min(MAX_GROUP_BYTES as usize));
         let mut pos = self.end;
         for (leaf, hash) in leaves {
             let frame_len = leaf.len() as u64 + FRAME_OVERHEAD;
             let cur = self.active_len + buf.len() as u64;
             if cur > 0 && cur + frame_len > self.max_segment_bytes {
-                self.write_sync(&buf)?;
+                self.write_active(&buf)?;
+                self.sync_handle().sync()?;
                 buf.clear();
                 // That part is durable: `end` must say so even if what follows fails, so the
                 // caller can tell a group that partly reached the log.
@@ -326,24 +345,28 @@ impl SegmentLog {
             pos.entries += 1;
             pos.last_hash = *hash;
         }
-        self.write_sync(&buf)?;
+        self.write_active(&buf)?;
         pos.offset = self.active_len;
         self.end = pos;
         Ok(locations)
     }
 
-    fn write_sync(&mut self, buf: &[u8]) -> Result<(), StoreError> {
+    /// What makes everything written to the active segment so far durable.
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: self.active.clone(),
+            path: self.dir.join(seg_name(*self.segments.last().unwrap_or(&0))),
+        }
+    }
+
+    fn write_active(&mut self, buf: &[u8]) -> Result<(), StoreError> {
         if buf.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(seg_name(*self.segments.last().unwrap_or(&0)));
-        let res = self
-            .active
-            .write_all(buf)
-            .and_then(|_| self.active.sync_data());
-        if let Err(e) = res {
+        if let Err(e) = (&*self.active).write_all(buf) {
             // Cut back whatever part of the group reached the file: it is not acknowledged.
             let _ = self.active.set_len(self.active_len);
+            let path = self.dir.join(seg_name(*self.segments.last().unwrap_or(&0)));
             return Err(io("append", &path, e));
         }
         self.active_len += buf.len() as u64;
@@ -359,7 +382,7 @@ impl SegmentLog {
             .map_err(|e| io("create", &path, e))?;
         sync_dir(&self.dir)?;
         self.segments.push(first);
-        self.active = f;
+        self.active = Arc::new(f);
         self.active_len = 0;
         Ok(())
     }
@@ -370,6 +393,27 @@ impl SegmentLog {
             dir: self.dir.clone(),
             files: self.readers.clone(),
         }
+    }
+}
+
+/// Makes what was written to one segment file durable (`fdatasync`); cheap to clone, usable
+/// from another thread than the one writing.
+#[derive(Clone)]
+pub struct SyncHandle {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl SyncHandle {
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| io("fdatasync", &self.path, e))
+    }
+
+    /// Whether both handles sync the same file.
+    pub fn same_file(&self, other: &SyncHandle) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
     }
 }
 

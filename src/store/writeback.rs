@@ -1,53 +1,75 @@
 //! The write-back layer between the ledger's writer and the view store: changes land in memory
 //! at once and a flusher thread persists them in the background.
+//!
+//! Why chunks: sled 0.34 applies a batch under a process-wide write lock that every `get` also
+//! takes (its `concurrency_control`), so one large batch stalls every reader — the ledger's
+//! writer among them — for as long as the batch takes (tens of ms for a few thousand keys).
+//! The layer therefore hands its changes over in *chunks* of bounded size. A chunk is sealed
+//! only between two `apply` calls, so it holds whole batches, and the store applies each chunk
+//! atomically with the last log position it contains: after a crash the store reflects exactly
+//! the batches of the chunks that reached it, never part of one.
+//!
+//! Chunks keep each stall short; the [`ReadGate`] removes it from the critical path: the
+//! ledger's writer holds the gate while it checks a group, and the flusher writes a chunk only
+//! while it holds the gate, so the writer's reads never wait behind sled's lock (the writer
+//! hands the gate over fairly between groups).
 
-use super::{StoreError, ViewBatch, ViewPairs, ViewStore};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use super::{ReadGate, StoreError, ViewBatch, ViewPairs, ViewStore};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Coalesced changes: key → new value (`None` deletes).
+type Overlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// A write-back layer over a view store. The writer's batches land in memory (readers see them
-/// at once); a flusher thread writes them to the store underneath in the background, in large
-/// coalesced batches, each with the log position it reflects. The views may lag the log by
-/// whatever was not flushed when the process died — that tail is replayed at open — but never
-/// run ahead of it, because batches reach this layer only after the log is durable.
+/// at once); a flusher thread writes them to the store underneath in the background, chunk by
+/// chunk, each chunk atomically and with the log position it reflects. The views may lag the
+/// log by whatever was not flushed when the process died — that tail is replayed at open — but
+/// never run ahead of it, because batches reach this layer only after the log is durable.
 pub struct WriteBack {
     inner: Arc<dyn ViewStore + Sync>,
     layers: Arc<RwLock<Layers>>,
+    /// Signalled by the flusher whenever a chunk is done (or failed).
+    progress: Arc<(Mutex<()>, Condvar)>,
     tx: Mutex<Option<std::sync::mpsc::Sender<Arc<Overlay>>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Serialises hand-offs (the writer's, and `flush` from any thread).
-    handoff: Mutex<()>,
+    gate: Arc<ReadGate>,
     policy: FlushPolicy,
 }
 
-type Overlay = HashMap<Vec<u8>, Option<Vec<u8>>>;
-
 #[derive(Default)]
 struct Layers {
-    /// Applied here, not yet handed to the flusher.
+    /// The open chunk: applied here, not yet handed to the flusher.
     dirty: Overlay,
-    /// Being written to the inner store.
-    flushing: Option<Arc<Overlay>>,
-    /// Set when the inner store refused a batch: the views can no longer be trusted to
+    /// Handed to the flusher, oldest first; the front one is being written.
+    sealed: VecDeque<Arc<Overlay>>,
+    sealed_keys: usize,
+    /// Set when the inner store refused a chunk: the views can no longer be trusted to
     /// persist, so the ledger stops taking writes.
     failed: Option<String>,
-    last_handoff: Option<std::time::Instant>,
+    /// When the open chunk received its first change since the last seal.
+    opened: Option<Instant>,
 }
 
-/// When the write-back layer hands its changes to the flusher.
+/// When the write-back layer seals its open chunk and hands it to the flusher.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
-    /// Hand off once this many keys are dirty...
-    pub max_dirty_keys: usize,
-    /// ...or this long after the last hand-off.
-    pub max_age: std::time::Duration,
+    /// Seal the open chunk once it holds this many keys (bounds how long one atomic write
+    /// holds the store's lock)...
+    pub max_chunk_keys: usize,
+    /// ...or once its first change is this old.
+    pub max_age: Duration,
+    /// Writers wait while the flusher has more than this many keys queued (bounds memory).
+    pub max_queued_keys: usize,
 }
 
 impl Default for FlushPolicy {
     fn default() -> Self {
         FlushPolicy {
-            max_dirty_keys: 100_000,
-            max_age: std::time::Duration::from_millis(500),
+            max_chunk_keys: 512,
+            max_age: Duration::from_millis(500),
+            max_queued_keys: 400_000,
         }
     }
 }
@@ -59,31 +81,40 @@ fn poisoned<T>(_: T) -> StoreError {
 impl WriteBack {
     pub fn new(inner: Arc<dyn ViewStore + Sync>, policy: FlushPolicy) -> WriteBack {
         let layers = Arc::new(RwLock::new(Layers::default()));
+        let progress = Arc::new((Mutex::new(()), Condvar::new()));
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Overlay>>();
-        let (inner2, layers2) = (inner.clone(), layers.clone());
+        let gate = Arc::new(ReadGate::new(()));
+        let (inner2, layers2, progress2) = (inner.clone(), layers.clone(), progress.clone());
+        let gate2 = gate.clone();
         let flusher = std::thread::Builder::new()
             .name("taizhang-views".into())
             .spawn(move || {
-                for batch in rx {
+                for chunk in rx {
                     let items: ViewBatch =
-                        batch.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        chunk.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let _gate = gate2.lock();
                         inner2.apply(items)
                     }))
                     .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
                     if let Ok(mut l) = layers2.write() {
                         match res {
+                            // Only now may readers stop finding the chunk here: the store
+                            // answers for it from this point on.
                             Ok(()) => {
-                                if l.flushing.as_ref().is_some_and(|f| Arc::ptr_eq(f, &batch)) {
-                                    l.flushing = None;
+                                if l.sealed.front().is_some_and(|f| Arc::ptr_eq(f, &chunk)) {
+                                    l.sealed.pop_front();
+                                    l.sealed_keys -= chunk.len();
                                 }
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "view store refused a batch");
+                                tracing::error!(error = %e, "view store refused a chunk");
                                 l.failed = Some(e.to_string());
                             }
                         }
                     }
+                    let _guard = progress2.0.lock();
+                    progress2.1.notify_all();
                 }
             });
         if let Err(e) = &flusher {
@@ -95,9 +126,10 @@ impl WriteBack {
         WriteBack {
             inner,
             layers,
+            progress,
             tx: Mutex::new(Some(tx)),
             flusher: Mutex::new(flusher),
-            handoff: Mutex::new(()),
+            gate,
             policy,
         }
     }
@@ -107,58 +139,60 @@ impl WriteBack {
         self.layers.read().ok().and_then(|l| l.failed.clone())
     }
 
-    /// Waits until no flush is in progress (or one failed).
-    fn wait_idle(&self) -> Result<(), StoreError> {
+    /// Waits until the flusher has at most `keys` keys queued (or one chunk failed).
+    fn wait_queued_at_most(&self, keys: usize) -> Result<(), StoreError> {
+        let (lock, cv) = &*self.progress;
+        let mut guard = lock.lock().map_err(poisoned)?;
         loop {
             {
                 let l = self.layers.read().map_err(poisoned)?;
                 if let Some(f) = &l.failed {
                     return Err(StoreError::Views(f.clone()));
                 }
-                if l.flushing.is_none() {
+                if l.sealed_keys <= keys {
                     return Ok(());
                 }
             }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            // The flusher takes `progress` before notifying, so no notification is lost
+            // between the check above and this wait; the timeout is only a safety net.
+            guard = cv
+                .wait_timeout(guard, Duration::from_millis(5))
+                .map_err(poisoned)?
+                .0;
         }
     }
 
-    /// Hands the dirty keys to the flusher if the policy says so (or `force`), waiting for a
-    /// previous flush only when the dirty set has grown far past its bound.
-    fn maybe_hand_off(&self, force: bool) -> Result<(), StoreError> {
-        let (due, busy, overfull) = {
-            let l = self.layers.read().map_err(poisoned)?;
-            let age = l
-                .last_handoff
-                .is_none_or(|t| t.elapsed() >= self.policy.max_age);
-            (
-                !l.dirty.is_empty()
-                    && (force || age || l.dirty.len() >= self.policy.max_dirty_keys),
-                l.flushing.is_some(),
-                l.dirty.len() >= 4 * self.policy.max_dirty_keys,
-            )
-        };
-        if !due || (busy && !force && !overfull) {
-            return Ok(());
-        }
-        let _one_at_a_time = self.handoff.lock().map_err(poisoned)?;
-        self.wait_idle()?;
-        let mut l = self.layers.write().map_err(poisoned)?;
-        let batch = Arc::new(std::mem::take(&mut l.dirty));
-        l.flushing = Some(batch.clone());
-        l.last_handoff = Some(std::time::Instant::now());
-        drop(l);
-        let tx = self.tx.lock().map_err(poisoned)?;
-        match tx.as_ref() {
-            Some(tx) if tx.send(batch).is_ok() => Ok(()),
-            _ => {
-                let why = "view flusher stopped".to_string();
-                if let Ok(mut l) = self.layers.write() {
-                    l.failed = Some(why.clone());
-                }
-                Err(StoreError::Views(why))
+    /// Seals the open chunk if the policy says so (or `force`) and hands it to the flusher.
+    /// Sealing happens only here, between whole batches, so a chunk never splits a batch.
+    fn maybe_seal(&self, force: bool) -> Result<(), StoreError> {
+        let overfull = {
+            let mut l = self.layers.write().map_err(poisoned)?;
+            if let Some(f) = &l.failed {
+                return Err(StoreError::Views(f.clone()));
             }
+            let due = !l.dirty.is_empty()
+                && (force
+                    || l.dirty.len() >= self.policy.max_chunk_keys
+                    || l.opened.is_some_and(|t| t.elapsed() >= self.policy.max_age));
+            if due {
+                let chunk = Arc::new(std::mem::take(&mut l.dirty));
+                l.opened = None;
+                l.sealed_keys += chunk.len();
+                l.sealed.push_back(chunk.clone());
+                // Sent while holding the layers lock, so chunks reach the flusher in order.
+                let tx = self.tx.lock().map_err(poisoned)?;
+                if tx.as_ref().is_none_or(|tx| tx.send(chunk).is_err()) {
+                    let why = "view flusher stopped".to_string();
+                    l.failed = Some(why.clone());
+                    return Err(StoreError::Views(why));
+                }
+            }
+            l.sealed_keys > self.policy.max_queued_keys
+        };
+        if overfull {
+            self.wait_queued_at_most(self.policy.max_queued_keys)?;
         }
+        Ok(())
     }
 }
 
@@ -183,10 +217,14 @@ impl ViewStore for WriteBack {
             if let Some(v) = l.dirty.get(key) {
                 return Ok(v.clone());
             }
-            if let Some(v) = l.flushing.as_ref().and_then(|f| f.get(key)) {
-                return Ok(v.clone());
+            for chunk in l.sealed.iter().rev() {
+                if let Some(v) = chunk.get(key) {
+                    return Ok(v.clone());
+                }
             }
         }
+        // A chunk leaves `sealed` only after the store holds it, so a key missing above is
+        // either in the store or nowhere.
         self.inner.get(key)
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
@@ -200,18 +238,172 @@ impl ViewStore for WriteBack {
             if let Some(f) = &l.failed {
                 return Err(StoreError::Views(f.clone()));
             }
+            if l.opened.is_none() {
+                l.opened = Some(Instant::now());
+            }
             l.dirty.extend(batch);
         }
-        self.maybe_hand_off(false)
+        self.maybe_seal(false)
     }
     fn clear(&self) -> Result<(), StoreError> {
-        self.wait_idle()?;
+        self.wait_queued_at_most(0)?;
         self.layers.write().map_err(poisoned)?.dirty.clear();
         self.inner.clear()
     }
     fn flush(&self) -> Result<(), StoreError> {
-        self.maybe_hand_off(true)?;
-        self.wait_idle()?;
+        self.maybe_seal(true)?;
+        self.wait_queued_at_most(0)?;
         self.inner.flush()
+    }
+    fn read_gate(&self) -> Option<Arc<ReadGate>> {
+        Some(self.gate.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryViews;
+
+    /// A store that records every batch it is given, to see how the layer splits its changes.
+    #[derive(Default)]
+    struct Recording {
+        inner: MemoryViews,
+        batches: Mutex<Vec<ViewBatch>>,
+    }
+
+    impl ViewStore for Recording {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+            self.batches.lock().unwrap().push(batch.clone());
+            self.inner.apply(batch)
+        }
+        fn clear(&self) -> Result<(), StoreError> {
+            self.inner.clear()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn batch(i: u32) -> ViewBatch {
+        // Three keys per batch: one of its own, one shared by all, and the position.
+        vec![
+            (format!("own/{i:04}").into_bytes(), Some(vec![1])),
+            (b"shared".to_vec(), Some(i.to_be_bytes().to_vec())),
+            (b"meta/position".to_vec(), Some(i.to_be_bytes().to_vec())),
+        ]
+    }
+
+    #[test]
+    fn write_back_conforms() {
+        let wb = WriteBack::new(Arc::new(MemoryViews::default()), FlushPolicy::default());
+        crate::store::tests::conformance(&wb);
+    }
+
+    #[test]
+    fn chunks_are_bounded_and_hold_whole_batches_in_order() {
+        let rec = Arc::new(Recording::default());
+        let policy = FlushPolicy {
+            max_chunk_keys: 10,
+            max_age: Duration::from_secs(3600),
+            max_queued_keys: 1_000_000,
+        };
+        let wb = WriteBack::new(rec.clone(), policy);
+        for i in 0..100 {
+            wb.apply(batch(i)).unwrap();
+            // Readers see every change at once, wherever it is.
+            assert_eq!(wb.get(b"shared").unwrap(), Some(i.to_be_bytes().to_vec()));
+            assert_eq!(
+                wb.get(format!("own/{i:04}").as_bytes()).unwrap(),
+                Some(vec![1])
+            );
+        }
+        wb.flush().unwrap();
+        let batches = rec.batches.lock().unwrap().clone();
+        // 100 batches of which each adds one new key besides the two shared ones: a chunk is
+        // sealed when it reaches 10 keys, i.e. every 8 batches, and the rest at flush.
+        assert_eq!(batches.len(), 13);
+        let mut last = None;
+        for b in &batches {
+            assert!(b.len() <= 10, "chunk of {} keys", b.len());
+            let m: HashMap<_, _> = b.iter().cloned().collect();
+            let pos = u32::from_be_bytes(
+                m[&b"meta/position".to_vec()]
+                    .clone()
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            );
+            // The chunk holds exactly the batches after the previous chunk's position up to
+            // its own: whole batches, in order, and the latest value of each shared key.
+            let first = last.map_or(0, |p: u32| p + 1);
+            for i in first..=pos {
+                assert!(m.contains_key(format!("own/{i:04}").as_bytes()));
+            }
+            assert_eq!(m.len() as u32, pos - first + 1 + 2);
+            assert_eq!(m[&b"shared".to_vec()], Some(pos.to_be_bytes().to_vec()));
+            last = Some(pos);
+        }
+        assert_eq!(last, Some(99));
+        assert_eq!(
+            rec.inner.get(b"shared").unwrap(),
+            Some(99u32.to_be_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn an_old_open_chunk_is_sealed_on_the_next_apply() {
+        let rec = Arc::new(Recording::default());
+        let policy = FlushPolicy {
+            max_chunk_keys: 1_000,
+            max_age: Duration::from_millis(20),
+            max_queued_keys: 1_000_000,
+        };
+        let wb = WriteBack::new(rec.clone(), policy);
+        wb.apply(batch(0)).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        wb.apply(batch(1)).unwrap();
+        wb.wait_queued_at_most(0).unwrap();
+        let batches = rec.batches.lock().unwrap().clone();
+        assert_eq!(batches.len(), 1, "both batches in one chunk, sealed by age");
+        assert_eq!(batches[0].len(), 4);
+    }
+
+    /// A store that refuses everything: the layer must say so and refuse further changes.
+    struct Refusing;
+    impl ViewStore for Refusing {
+        fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
+        }
+        fn scan_prefix(&self, _: &[u8]) -> Result<ViewPairs, StoreError> {
+            Ok(vec![])
+        }
+        fn apply(&self, _: ViewBatch) -> Result<(), StoreError> {
+            Err(StoreError::Views("disk full".into()))
+        }
+        fn clear(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_refused_chunk_stops_the_layer() {
+        let wb = WriteBack::new(Arc::new(Refusing), FlushPolicy::default());
+        wb.apply(batch(0)).unwrap();
+        let e = wb.flush().unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        assert!(wb.failure().is_some_and(|f| f.contains("disk full")));
+        assert!(wb.apply(batch(1)).is_err());
+        // What was accepted before the failure is still readable.
+        assert_eq!(wb.get(b"own/0000").unwrap(), Some(vec![1]));
     }
 }

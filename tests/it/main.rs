@@ -7,4 +7,5 @@ mod cli;
 mod crash;
 mod ingest;
 mod offline;
+mod pipeline;
 mod storage;

@@ -381,3 +381,29 @@ async fn an_emptied_log_never_gets_a_new_genesis() {
         "no Genesis was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_in_another_format_are_rebuilt_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = Server::start_in(&dir).await;
+    let n = scenario(&s).await;
+    let views = s.ledger.dump_views().unwrap();
+    shut(s).await;
+    // What a ledger from before the format key looks like: views without `meta/format`.
+    {
+        let v = taizhang::store::SledViews::open(&dir.join("views")).unwrap();
+        use taizhang::store::ViewStore;
+        v.apply(vec![(b"meta/format".to_vec(), None)]).unwrap();
+        v.flush().unwrap();
+    }
+    let (l, report) = open_again(&dir).unwrap();
+    assert!(report.views_rebuilt);
+    let why = report.views_rebuild_reason.unwrap_or_default();
+    assert!(
+        why.contains("format 1") && why.contains("format 2"),
+        "{why}"
+    );
+    assert_eq!(report.replayed, n);
+    assert_eq!(l.dump_views().unwrap(), views);
+}
