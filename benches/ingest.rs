@@ -5,11 +5,17 @@
 //! Records are signed before any timed phase, so client CPU goes to sending only. "Durable":
 //! every receipt is sent after the segment file's fdatasync.
 //!
-//! Phases: raw verify (1 and 2 threads) → unary Submit with 64 in flight (64 keys, one
-//! sequential client each) → bulk SubmitStream (4 streams; `TZ_BENCH_STREAMS`) → bulk SubmitBatch (batches of 500).
+//! Phases: raw verify (1 and 2 threads) → unary gRPC alone (GetSignerHead, 64 in flight: the
+//! machine's limit for unary calls) → the ledger alone (64 in-process submitters, no gRPC) →
+//! unary Submit with 64 in flight (64 keys, one sequential client each) → bulk SubmitStream
+//! (4 streams; `TZ_BENCH_STREAMS`) → bulk SubmitBatch (batches of 500). Each phase's rate is
+//! reported against the 2-thread verify rate measured just before and just after it.
 //!
-//! Run: `cargo bench --bench ingest` (env `TZ_BENCH_RECORDS` = records per phase, default 20000).
+//! Run: `cargo bench --bench ingest` (env `TZ_BENCH_RECORDS` = records per phase, default 20000;
+//! `TZ_BENCH_ONLY=unary,stream` runs some phases).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,146 +205,262 @@ async fn run(n: usize) {
     let mut bulk_stream: Vec<RecordSigner> = (0..streams).map(|_| signers.pop().unwrap()).collect();
     let mut unary = signers;
 
-    // `TZ_BENCH_ONLY=unary|stream|batch` runs one phase (for profiling).
+    // `TZ_BENCH_ONLY=unary,stream,...` runs some phases (for profiling).
     let only = std::env::var("TZ_BENCH_ONLY").unwrap_or_default();
-    let run_phase = |name: &str| only.is_empty() || only == name;
-
-    // Unary, 64 in flight.
-    let per = if run_phase("unary") {
-        n / unary.len()
-    } else {
-        0
+    let run_phase = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
+    let mut report = Vec::new();
+    // Each phase is bracketed by a 2-thread verify measurement, and its rate is reported
+    // against their mean: the machine's speed drifts within a run.
+    let bracket = |before: f64, after: f64| (before + after) / 2.0;
+    // The baseline is measured with the ledger quiet: views flushed, sled's threads settled.
+    let quiet = || {
+        ledger.flush_views().expect("views flush");
+        std::thread::sleep(Duration::from_millis(300));
     };
-    let pre: Vec<Vec<pb::SignedRecord>> = unary
-        .iter_mut()
-        .enumerate()
-        .map(|(k, s)| {
-            (0..per)
-                .map(|i| s.sign(produce(i, k as u32 + 1000), now()))
-                .collect()
-        })
-        .collect();
-    let start = Instant::now();
-    let cpu0 = cpu_seconds();
-    let tasks: Vec<_> = pre
-        .into_iter()
-        .map(|recs| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut c = LedgerClient::connect(url).await.unwrap();
-                let mut lat = Vec::with_capacity(recs.len());
-                for r in recs {
-                    let t = Instant::now();
-                    c.submit(pb::SubmitRequest { record: Some(r) })
+
+    // The machine's unary gRPC limit: 64 in flight, GetSignerHead (no ledger work to speak of).
+    if run_phase("null") {
+        let per = n / 64;
+        let ids: Vec<Vec<u8>> = unary.iter().map(|s| s.key_id().0.to_vec()).collect();
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut c = LedgerClient::connect(url).await.unwrap();
+                    for _ in 0..per {
+                        c.get_signer_head(pb::GetSignerHeadRequest { key_id: id.clone() })
+                            .await
+                            .expect("head");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+        let rate = (per * 64) as f64 / secs;
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        report.push(format!(
+            "  unary gRPC alone (GetSignerHead), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            100.0 * rate / v,
+            100.0 * cpu
+        ));
+    }
+
+    // The ledger alone: 64 tasks in this process submitting one record at a time, no gRPC.
+    if run_phase("direct") {
+        let per = n / unary.len();
+        let pre: Vec<Vec<pb::SignedRecord>> = unary
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| {
+                (0..per)
+                    .map(|i| s.sign(produce(i, k as u32 + 5000), now()))
+                    .collect()
+            })
+            .collect();
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let tasks: Vec<_> = pre
+            .into_iter()
+            .map(|recs| {
+                let l = ledger.clone();
+                tokio::spawn(async move {
+                    for r in recs {
+                        l.submit(taizhang::ledger::Submission {
+                            body: r.body,
+                            signature: r.signature,
+                            cosignatures: vec![],
+                        })
                         .await
                         .expect("accepted");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let unary_rate = lat.len() as f64 / start.elapsed().as_secs_f64();
-    let unary_cpu = (cpu_seconds() - cpu0) / start.elapsed().as_secs_f64() / 2.0;
-    lat.sort();
-
-    // Bulk: 4 client streams.
-    let per = if run_phase("stream") {
-        n / bulk_stream.len()
-    } else {
-        0
-    };
-    let pre: Vec<Vec<pb::SignedRecord>> = bulk_stream
-        .iter_mut()
-        .enumerate()
-        .map(|(k, s)| {
-            (0..per)
-                .map(|i| s.sign(produce(i, k as u32 + 2000), now()))
-                .collect()
-        })
-        .collect();
-    let total: usize = pre.iter().map(Vec::len).sum();
-    let start = Instant::now();
-    let cpu0 = cpu_seconds();
-    let tasks: Vec<_> = pre
-        .into_iter()
-        .map(|recs| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let mut c = LedgerClient::connect(url)
-                    .await
-                    .unwrap()
-                    .max_decoding_message_size(256 << 20);
-                let input = tokio_stream::iter(
-                    recs.into_iter()
-                        .map(|r| pb::SubmitRequest { record: Some(r) }),
-                );
-                let mut out = c.submit_stream(input).await.unwrap().into_inner();
-                let mut ok = 0;
-                while let Some(r) = out.next().await {
-                    if matches!(
-                        r.unwrap().result,
-                        Some(pb::submit_result::Result::Receipt(_))
-                    ) {
-                        ok += 1;
                     }
-                }
-                ok
+                })
             })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.unwrap();
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+        let rate = (per * 64) as f64 / secs;
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        report.push(format!(
+            "  ledger alone (no gRPC), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            100.0 * rate / v,
+            100.0 * cpu
+        ));
     }
-    assert_eq!(ok, total, "every streamed record accepted");
-    let stream_rate = total as f64 / start.elapsed().as_secs_f64();
-    let stream_cpu = (cpu_seconds() - cpu0) / start.elapsed().as_secs_f64() / 2.0;
 
-    // Bulk: batches of 500 from one client.
-    let nb = if run_phase("batch") { n } else { 0 };
-    let recs: Vec<pb::SignedRecord> = (0..nb)
-        .map(|i| bulk_batch.sign(produce(i, 3000), now()))
-        .collect();
-    let start = Instant::now();
-    for chunk in recs.chunks(500) {
-        let r = c
-            .submit_batch(pb::SubmitBatchRequest {
-                records: chunk.to_vec(),
+    // Unary, 64 in flight: 64 clients, each its own connection and key, one record at a time.
+    if run_phase("unary") {
+        let per = n / unary.len();
+        let pre: Vec<Vec<pb::SignedRecord>> = unary
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| {
+                (0..per)
+                    .map(|i| s.sign(produce(i, k as u32 + 1000), now()))
+                    .collect()
             })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(r
-            .results
-            .iter()
-            .all(|r| matches!(r.result, Some(pb::submit_result::Result::Receipt(_)))));
+            .collect();
+        let mut clients = Vec::new();
+        for _ in 0..pre.len() {
+            clients.push(LedgerClient::connect(url.clone()).await.unwrap());
+        }
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let tasks: Vec<_> = pre
+            .into_iter()
+            .zip(clients)
+            .map(|(recs, mut c)| {
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(recs.len());
+                    for r in recs {
+                        let t = Instant::now();
+                        c.submit(pb::SubmitRequest { record: Some(r) })
+                            .await
+                            .expect("accepted");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+        let rate = lat.len() as f64 / secs;
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        lat.sort();
+        report.push(format!(
+            "  unary Submit, 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU {:.0}% of 2 cores",
+            100.0 * rate / v,
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+            ms(percentile(&lat, 1.0)),
+            100.0 * cpu
+        ));
     }
-    let batch_rate = nb as f64 / start.elapsed().as_secs_f64();
 
-    println!("durable ingest over gRPC (loopback, client and server sharing the machine):");
-    println!(
-        "  unary, 64 in flight: {unary_rate:.0}/s = {:.0}% of 2-thread verify; latency p50 {:?} p99 {:?} max {:?}; CPU {:.0}% of 2 cores",
-        100.0 * unary_rate / v2,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0),
-        100.0 * unary_cpu
-    );
-    println!(
-        "  bulk, {streams} streams:     {stream_rate:.0}/s = {:.0}% of 2-thread verify; CPU {:.0}% of 2 cores",
-        100.0 * stream_rate / v2,
-        100.0 * stream_cpu
-    );
-    println!(
-        "  bulk, batches of 500: {batch_rate:.0}/s = {:.0}% of 2-thread verify",
-        100.0 * batch_rate / v2
-    );
+    // Bulk: one SubmitStream per client.
+    if run_phase("stream") {
+        let per = n / bulk_stream.len();
+        let pre: Vec<Vec<pb::SignedRecord>> = bulk_stream
+            .iter_mut()
+            .enumerate()
+            .map(|(k, s)| {
+                (0..per)
+                    .map(|i| s.sign(produce(i, k as u32 + 2000), now()))
+                    .collect()
+            })
+            .collect();
+        let total: usize = pre.iter().map(Vec::len).sum();
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let tasks: Vec<_> = pre
+            .into_iter()
+            .map(|recs| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut c = LedgerClient::connect(url)
+                        .await
+                        .unwrap()
+                        .max_decoding_message_size(256 << 20);
+                    let input = tokio_stream::iter(
+                        recs.into_iter()
+                            .map(|r| pb::SubmitRequest { record: Some(r) }),
+                    );
+                    let mut out = c.submit_stream(input).await.unwrap().into_inner();
+                    let mut ok = 0;
+                    while let Some(r) = out.next().await {
+                        if matches!(
+                            r.unwrap().result,
+                            Some(pb::submit_result::Result::Receipt(_))
+                        ) {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            ok += t.await.unwrap();
+        }
+        assert_eq!(ok, total, "every streamed record accepted");
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+        let rate = total as f64 / secs;
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        report.push(format!(
+            "  bulk, {streams} SubmitStreams: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            100.0 * rate / v,
+            100.0 * cpu
+        ));
+    }
+
+    // Bulk: batches of 500 from one client, one at a time.
+    if run_phase("batch") {
+        let recs: Vec<pb::SignedRecord> = (0..n)
+            .map(|i| bulk_batch.sign(produce(i, 3000), now()))
+            .collect();
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        for chunk in recs.chunks(500) {
+            let r = c
+                .submit_batch(pb::SubmitBatchRequest {
+                    records: chunk.to_vec(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(r
+                .results
+                .iter()
+                .all(|r| matches!(r.result, Some(pb::submit_result::Result::Receipt(_)))));
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        report.push(format!(
+            "  bulk, SubmitBatch of 500, one at a time: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s)",
+            100.0 * rate / v
+        ));
+    }
+
+    println!("durable ingest (loopback; client and server share the machine; each ratio is to the mean of the 2-thread verify rates measured just before and after its phase):");
+    for line in report {
+        println!("{line}");
+    }
     println!("  ledger size {}", ledger.size());
+    ledger.close().await;
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn produce(i: usize, k: u32) -> Payload {
