@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/taizhang/v1/records.proto",
         "proto/taizhang/v1/ledger.proto",
+        "proto/taizhang/v1/audit.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

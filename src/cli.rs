@@ -695,15 +695,78 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
             t,
         ));
     }
+    // Ephedrine is a pharmaceutical precursor: the drug regulator issues its purchase permits.
+    let drug_key = crypto::generate_key()?;
+    records.push(reg.sign(
+        Payload::RegisterAuthority(pb::RegisterAuthority {
+            authority: Some(pb::AuthorityKey {
+                public_key: drug_key.verifying_key().to_bytes().to_vec(),
+                name: "广东省药品监督管理局 (demo)".into(),
+                agency: pb::Agency::DrugRegulation as i32,
+                jurisdiction: "44".into(),
+                validity: None,
+            }),
+        }),
+        t,
+    ));
     let mut total = 0;
     for r in records {
         client.submit(pb::SubmitRequest { record: Some(r) }).await?;
         total += 1;
     }
-    println!("regulator enrolled 2 enterprises and registered their keys");
+    println!("regulator enrolled 2 enterprises, registered their keys and a drug regulator");
+    let mut drug = RecordSigner::new(drug_key, DEV_ORIGIN);
+    let month = pb::Validity {
+        not_before_ms: 0,
+        not_after_ms: t + 30 * 86_400_000,
+    };
+    let eph = "299-42-3";
+    let purchase = client
+        .submit(pb::SubmitRequest {
+            record: Some(drug.sign(
+                Payload::IssuePermit(pb::IssuePermit {
+                    permit_no: "粤药购-2026-0001".into(),
+                    r#type: pb::PermitType::PurchasePermit as i32,
+                    holder: buyer.clone(),
+                    counterparty: producer.clone(),
+                    substance: eph.into(),
+                    ceiling: Some(mg(12_000_000)),
+                    validity: Some(month),
+                    ..Default::default()
+                }),
+                now_ms(),
+            )),
+        })
+        .await?
+        .into_inner();
+    let transport = client
+        .submit(pb::SubmitRequest {
+            record: Some(reg.sign(
+                Payload::IssuePermit(pb::IssuePermit {
+                    permit_no: "粤公运-2026-0001".into(),
+                    r#type: pb::PermitType::TransportPermit as i32,
+                    holder: producer.clone(),
+                    substance: eph.into(),
+                    ceiling: Some(mg(10_000_000)),
+                    validity: Some(month),
+                    single_use: true,
+                    origin_site: "plant-1".into(),
+                    destination_site: "wh-1".into(),
+                    consignee: buyer.clone(),
+                    ..Default::default()
+                }),
+                now_ms(),
+            )),
+        })
+        .await?
+        .into_inner();
+    total += 2;
+    println!(
+        "permits: buyer's purchase permit for 12 kg -> entry {}; single-use transport permit for 10 kg -> entry {}",
+        purchase.index, transport.index
+    );
     let mut p = RecordSigner::new(producer_key, origin);
     let mut b = RecordSigner::new(buyer_key, origin);
-    let eph = "299-42-3";
     let r = client
         .submit(pb::SubmitRequest {
             record: Some(p.sign(
@@ -731,6 +794,8 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
             consignee: buyer.clone(),
             consignee_site: "wh-1".into(),
             payment_method: "bank_transfer".into(),
+            permit: Some(entry_ref(origin, purchase.index, &purchase.leaf_hash)),
+            transport_permit: Some(entry_ref(origin, transport.index, &transport.leaf_hash)),
             ..Default::default()
         })
     };
@@ -777,7 +842,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         .into_inner();
     println!("stock take: 15 kg counted at plant-1 -> entry {}", st.index);
     total += 4;
-    // A refused record: shipping more than the book holds.
+    // A refused record: drawing more than the purchase permit has left.
     let over = client
         .submit(pb::SubmitRequest {
             record: Some(p.sign(ship_eph(20_000_000), now_ms())),
@@ -785,7 +850,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         .await;
     match over {
         Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
-        Ok(_) => bail!("an overdrawn shipment was accepted"),
+        Ok(_) => bail!("a shipment overdrawing its permit was accepted"),
     }
     // Verify offline: the last receipt, and the whole export.
     let key = ledger_key.verifying_key();

@@ -9,6 +9,7 @@
 //! A receipt is never sent before the fdatasync that makes its entry durable.
 
 pub mod error;
+mod permits;
 pub mod rules;
 pub mod views;
 

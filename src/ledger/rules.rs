@@ -6,10 +6,12 @@
 //! the entry, never the client's clock.
 
 use super::error::Refusal;
+use super::permits::{self, Draw};
 use super::views::*;
 use crate::crypto::{parse_public_key, KeyId};
 use crate::merkle::Hash;
 use crate::model::ids::{check_credit_code, check_region_code, within};
+use crate::model::regulation::Movement;
 use crate::model::Catalogue;
 use crate::pb::{self, record_body::Payload, Activity, Category, Role};
 use crate::store::StoreError;
@@ -39,6 +41,7 @@ pub fn kind_name(p: &Payload) -> &'static str {
         Payload::CustomsClearance(_) => "customs_clearance",
         Payload::ForeignEndorsement(_) => "foreign_endorsement",
         Payload::CatalogueUpdate(_) => "catalogue_update",
+        Payload::WriteOffPermit(_) => "write_off_permit",
         Payload::Produce(_) => "produce",
         Payload::Ship(_) => "ship",
         Payload::Receive(_) => "receive",
@@ -61,7 +64,14 @@ pub fn allowed_roles(p: &Payload) -> Option<&'static [Role]> {
     match p {
         Payload::Genesis(_) => Some(&[Role::Ledger]),
         Payload::RegisterAuthority(_) => Some(&[Role::RootRegulator]),
-        Payload::EnrolEnterprise(_) | Payload::RegisterKey(_) | Payload::RevokeKey(_) => Some(REG),
+        Payload::EnrolEnterprise(_)
+        | Payload::RegisterKey(_)
+        | Payload::RevokeKey(_)
+        | Payload::IssuePermit(_)
+        | Payload::RevokePermit(_) => Some(REG),
+        Payload::WriteOffPermit(_) => {
+            Some(&[Role::RootRegulator, Role::Regulator, Role::Enterprise])
+        }
         Payload::Produce(_) | Payload::Ship(_) | Payload::Receive(_) | Payload::StockTake(_) => {
             Some(ENT)
         }
@@ -110,20 +120,20 @@ pub fn check_signer(key: &KeyInfo, id: &KeyId, payload: &Payload, now: u64) -> R
     Ok(())
 }
 
-fn se(e: StoreError) -> Refusal {
+pub(super) fn se(e: StoreError) -> Refusal {
     Refusal::from(e)
 }
 
-fn invalid(field: &str, rule: impl std::fmt::Display) -> Refusal {
+pub(super) fn invalid(field: &str, rule: impl std::fmt::Display) -> Refusal {
     Refusal::invalid(format!("{field}: {rule}"))
 }
 
-fn precondition(field: &str, rule: impl std::fmt::Display) -> Refusal {
+pub(super) fn precondition(field: &str, rule: impl std::fmt::Display) -> Refusal {
     Refusal::precondition(format!("{field}: {rule}"))
 }
 
 /// Identifiers become view keys: no NUL, not empty, bounded.
-fn ident(field: &str, v: &str) -> Result<(), Refusal> {
+pub(super) fn ident(field: &str, v: &str) -> Result<(), Refusal> {
     if v.is_empty() {
         return Err(invalid(field, "must not be empty"));
     }
@@ -136,14 +146,14 @@ fn ident(field: &str, v: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
+pub(super) fn text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
     if v.len() > max {
         return Err(invalid(field, format!("longer than {max} bytes")));
     }
     Ok(())
 }
 
-fn validity(field: &str, v: Option<&pb::Validity>) -> Result<(u64, u64), Refusal> {
+pub(super) fn validity(field: &str, v: Option<&pb::Validity>) -> Result<(u64, u64), Refusal> {
     let v = v.cloned().unwrap_or_default();
     if v.not_after_ms != 0 && v.not_after_ms <= v.not_before_ms {
         return Err(invalid(
@@ -154,7 +164,7 @@ fn validity(field: &str, v: Option<&pb::Validity>) -> Result<(u64, u64), Refusal
     Ok((v.not_before_ms, v.not_after_ms))
 }
 
-fn regulator_covers(signer: &KeyInfo, region: &str, field: &str) -> Result<(), Refusal> {
+pub(super) fn regulator_covers(signer: &KeyInfo, region: &str, field: &str) -> Result<(), Refusal> {
     if !within(&signer.jurisdiction, region) {
         return Err(Refusal::permission_denied(format!(
             "{field}: `{region}` is outside the signer's jurisdiction `{}`",
@@ -165,7 +175,7 @@ fn regulator_covers(signer: &KeyInfo, region: &str, field: &str) -> Result<(), R
 }
 
 /// A quantity in the substance's base unit, > 0 unless `zero_ok`.
-fn quantity(
+pub(super) fn quantity(
     field: &str,
     q: Option<&pb::Quantity>,
     substance: &crate::model::Substance,
@@ -194,7 +204,7 @@ fn quantity(
     Ok(q.amount)
 }
 
-fn substance<'c>(
+pub(super) fn substance<'c>(
     ctx: &Ctx<'c>,
     field: &str,
     id: &str,
@@ -241,7 +251,7 @@ fn activity_name(a: Activity) -> &'static str {
 }
 
 /// The enterprise holds a licence (or filing) for `activity` on `category`, valid at `now`.
-fn licensed(
+pub(super) fn licensed(
     ent: &EnterpriseView,
     category: Category,
     activity: Activity,
@@ -262,6 +272,28 @@ fn licensed(
         )));
     }
     Ok(())
+}
+
+/// `licensed`, or a production / operating licence issued as a permit for this very substance.
+fn licensed_for(
+    v: &Views<'_>,
+    ent: &EnterpriseView,
+    s: &crate::model::Substance,
+    activity: Activity,
+    now: u64,
+) -> Result<(), Refusal> {
+    match licensed(ent, s.category, activity, now) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if matches!(activity, Activity::Produce | Activity::Sell)
+                && permits::licence_permit_valid(v, &ent.credit_code, activity, &s.id, now)?
+            {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Resolves a reference to an entry of this ledger.
@@ -312,6 +344,9 @@ pub fn apply(
         Payload::EnrolEnterprise(p) => enrol_enterprise(ctx, v, signer, p),
         Payload::RegisterKey(p) => register_key(ctx, v, signer, p),
         Payload::RevokeKey(p) => revoke_key(ctx, v, signer_id, signer, p),
+        Payload::IssuePermit(p) => permits::issue_permit(ctx, v, signer_id, signer, p),
+        Payload::RevokePermit(p) => permits::revoke_permit(ctx, v, signer, p),
+        Payload::WriteOffPermit(p) => permits::write_off_permit(ctx, v, signer, p),
         Payload::Produce(p) => produce(ctx, v, signer_id, signer, p),
         Payload::Ship(p) => ship(ctx, v, signer_id, signer, p),
         Payload::Receive(p) => receive(ctx, v, signer_id, signer, p),
@@ -691,7 +726,7 @@ fn produce(
     let s = substance(ctx, "produce.substance", &p.substance)?;
     let q = quantity("produce.quantity", p.quantity.as_ref(), s, false)?;
     ident("produce.lot", &p.lot)?;
-    licensed(&ent, s.category, Activity::Produce, ctx.now_ms)?;
+    licensed_for(v, &ent, s, Activity::Produce, ctx.now_ms)?;
     if let Some(lot) = v.get::<LotView>(&key::lot(&p.lot)).map_err(se)? {
         return Err(Refusal::already_exists(format!(
             "produce.lot: lot `{}` already exists (created by entry {})",
@@ -746,7 +781,7 @@ fn ship(
     let same_enterprise = p.consignee == ent.credit_code;
     if !same_enterprise {
         payment_method("ship.payment_method", &p.payment_method)?;
-        licensed(&ent, s.category, Activity::Sell, ctx.now_ms)?;
+        licensed_for(v, &ent, s, Activity::Sell, ctx.now_ms)?;
     }
     let consignee = v
         .get::<EnterpriseView>(&key::enterprise(&p.consignee))
@@ -768,20 +803,6 @@ fn ship(
         licensed(&consignee, s.category, Activity::Purchase, ctx.now_ms)
             .map_err(|r| Refusal::precondition(format!("ship.consignee: {}", r.message)))?;
     }
-    for (field, r) in [
-        ("ship.permit", &p.permit),
-        ("ship.transport_permit", &p.transport_permit),
-    ] {
-        if r.is_some() {
-            let i = entry_ref(ctx, field, r.as_ref())?;
-            if v.raw_get(&key::permit(i)).map_err(se)?.is_none() {
-                return Err(precondition(
-                    field,
-                    format!("entry {i} is not a permit issued on this ledger"),
-                ));
-            }
-        }
-    }
     if !p.carrier.is_empty() {
         let carrier = v
             .get::<EnterpriseView>(&key::enterprise(&p.carrier))
@@ -794,6 +815,125 @@ fn ship(
             })?;
         licensed(&carrier, s.category, Activity::Transport, ctx.now_ms)
             .map_err(|r| Refusal::precondition(format!("ship.carrier: {}", r.message)))?;
+    }
+    // The buyer's permit (a sale) and the consignor's transport permit, as the table says.
+    let purchase_needs: &[pb::PermitType] = if same_enterprise {
+        &[]
+    } else {
+        permits::purchase_needs(&consignee, s, ctx.now_ms)
+    };
+    let transport_needs = crate::model::regulation::needs(
+        crate::model::regulation::Class::of(s),
+        Movement::Transport,
+    )
+    .needs;
+    let mut draws = Vec::new();
+    for (field, r, needs, draw) in [
+        (
+            "ship.permit",
+            &p.permit,
+            purchase_needs,
+            Draw {
+                field: "ship.permit",
+                movement: Movement::Purchase,
+                holder: &consignee.credit_code,
+                counterparty: &ent.credit_code,
+                substance: s,
+                quantity: q,
+                quantity_field: "ship.quantity.amount",
+            },
+        ),
+        (
+            "ship.transport_permit",
+            &p.transport_permit,
+            transport_needs,
+            Draw {
+                field: "ship.transport_permit",
+                movement: Movement::Transport,
+                holder: &ent.credit_code,
+                counterparty: "",
+                substance: s,
+                quantity: q,
+                quantity_field: "ship.quantity.amount",
+            },
+        ),
+    ] {
+        let class = crate::model::regulation::Class::of(s);
+        match (r, needs.is_empty()) {
+            (None, true) => continue,
+            (None, false) => {
+                return Err(precondition(
+                    field,
+                    format!(
+                        "a {} {} needs a {}{}; none cited",
+                        class.name(),
+                        draw.movement.name(),
+                        crate::model::regulation::type_names(needs),
+                        if draw.movement == Movement::Purchase {
+                            format!(" held by the buyer {}", consignee.credit_code)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ))
+            }
+            (Some(_), true) => {
+                return Err(invalid(
+                    field,
+                    if same_enterprise && draw.movement == Movement::Purchase {
+                        "a transfer between one enterprise's sites draws on no purchase permit"
+                            .to_string()
+                    } else {
+                        format!(
+                            "a {} {} needs no permit",
+                            class.name(),
+                            draw.movement.name()
+                        )
+                    },
+                ))
+            }
+            (Some(_), false) => {}
+        }
+        let permit = permits::cited(ctx, v, field, r.as_ref())?;
+        permits::check_draw(ctx, &permit, &draw)?;
+        if draw.movement == Movement::Transport {
+            let mismatch = |what: &str, want: &str, got: &str| {
+                precondition(
+                    field,
+                    format!(
+                        "{} names {what} `{want}`, the shipment `{got}`",
+                        permits::name(&permit)
+                    ),
+                )
+            };
+            if permit.consignee != consignee.credit_code {
+                return Err(mismatch(
+                    "consignee",
+                    &permit.consignee,
+                    &consignee.credit_code,
+                ));
+            }
+            if !permit.carrier.is_empty() && permit.carrier != p.carrier {
+                return Err(mismatch("carrier", &permit.carrier, &p.carrier));
+            }
+            if !permit.origin_site.is_empty() && permit.origin_site != p.site_id {
+                return Err(mismatch("origin site", &permit.origin_site, &p.site_id));
+            }
+            if !permit.destination_site.is_empty() && permit.destination_site != p.consignee_site {
+                return Err(mismatch(
+                    "destination site",
+                    &permit.destination_site,
+                    &p.consignee_site,
+                ));
+            }
+        }
+        if draws
+            .iter()
+            .any(|(d, _): &(PermitView, Draw)| d.issue_entry == permit.issue_entry)
+        {
+            return Err(invalid(field, "the same permit is cited twice"));
+        }
+        draws.push((permit, draw));
     }
     let h = Holding {
         enterprise: &ent.credit_code,
@@ -808,23 +948,25 @@ fn ship(
             format!("{q} exceeds book stock {bal} of lot `{}` at site `{}`; book stock may not go negative", p.lot, p.site_id),
         ));
     };
+    let shipment = ShipmentView {
+        ship_entry: ctx.index,
+        from_enterprise: ent.credit_code.clone(),
+        from_site: p.site_id.clone(),
+        to_enterprise: consignee.credit_code.clone(),
+        to_site: p.consignee_site.clone(),
+        substance: s.id.clone(),
+        lot: p.lot.clone(),
+        quantity: q,
+        shipped_at_ms: ctx.now_ms,
+        expected_delivery_ms: p.expected_delivery_ms,
+        received: None,
+        permits: draws.iter().map(|(d, _)| d.issue_entry).collect(),
+    };
     v.put(key::balance(&h), &new);
-    v.put(
-        key::shipment(ctx.index),
-        &ShipmentView {
-            ship_entry: ctx.index,
-            from_enterprise: ent.credit_code.clone(),
-            from_site: p.site_id.clone(),
-            to_enterprise: consignee.credit_code.clone(),
-            to_site: p.consignee_site.clone(),
-            substance: s.id.clone(),
-            lot: p.lot.clone(),
-            quantity: q,
-            shipped_at_ms: ctx.now_ms,
-            expected_delivery_ms: p.expected_delivery_ms,
-            received: None,
-        },
-    );
+    for (permit, draw) in draws {
+        permits::apply_draw(ctx, v, permit, &draw, &shipment);
+    }
+    v.put(key::shipment(ctx.index), &shipment);
     Ok(())
 }
 
@@ -962,6 +1104,18 @@ fn receive(
     let new = bal
         .checked_add(q)
         .ok_or_else(|| precondition("receive.quantity.amount", "book stock would overflow u64"))?;
+    // Each permit the shipment drew on learns what its buyer side received.
+    let mut permits_received = Vec::new();
+    for &i in &shipment.permits {
+        let mut permit = v
+            .get::<PermitView>(&key::permit(i))
+            .map_err(se)?
+            .ok_or_else(|| Refusal::internal(format!("permit {i} of shipment {ship_index}")))?;
+        permit.received = permit.received.checked_add(q).ok_or_else(|| {
+            precondition("receive.quantity.amount", "permit total would overflow u64")
+        })?;
+        permits_received.push(permit);
+    }
     if let Some(l) = new_lot {
         v.put(key::lot(&lot_id), &l);
     }
@@ -973,6 +1127,10 @@ fn receive(
         quantity: q,
         at_ms: ctx.now_ms,
     });
+    for permit in permits_received {
+        v.put(key::draw(permit.issue_entry, ship_index), &shipment);
+        v.put(key::permit(permit.issue_entry), &permit);
+    }
     v.put(key::shipment(ship_index), &shipment);
     Ok(())
 }

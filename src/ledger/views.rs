@@ -17,8 +17,9 @@ pub const META_GENESIS: &[u8] = b"meta/genesis";
 /// Key of the format the views are written in (a `u32`, written with Genesis). Views in any
 /// other format are rebuilt from the log at open.
 pub const META_FORMAT: &[u8] = b"meta/format";
-/// The views' format: 2 = entry index blocks of fixed-width entries.
-pub const VIEW_FORMAT: u32 = 2;
+/// The views' format: 2 = entry index blocks of fixed-width entries; 3 = permits, shipments
+/// that name the permits they drew on.
+pub const VIEW_FORMAT: u32 = 3;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +109,8 @@ pub struct ShipmentView {
     pub shipped_at_ms: u64,
     pub expected_delivery_ms: u64,
     pub received: Option<ReceivedView>,
+    /// IssuePermit entries this shipment drew on (the buyer's permit, the transport permit).
+    pub permits: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +120,109 @@ pub struct ReceivedView {
     pub lot: String,
     pub quantity: u64,
     pub at_ms: u64,
+}
+
+/// How a permit was closed before it ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClosedHow {
+    Revoked,
+    WrittenOff,
+    /// A single-use permit at its first use.
+    SingleUse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitClosure {
+    pub how: ClosedHow,
+    /// The entry that closed it (a RevokePermit, a WriteOffPermit, or the Ship that used it).
+    pub entry: u64,
+    pub at_ms: u64,
+    pub reason: String,
+    /// What remained of the ceiling and became void.
+    pub void: u64,
+}
+
+/// A permit (purchase permit or filing, transport permit or filing, import or export licence,
+/// seal card, production or operating licence), as issued and as drawn since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermitView {
+    pub issue_entry: u64,
+    pub permit_no: String,
+    /// `pb::PermitType` as i32.
+    pub permit_type: i32,
+    pub issuer: KeyId,
+    /// The holder's administrative division when issued.
+    pub jurisdiction: String,
+    pub holder: String,
+    pub counterparty: String,
+    pub substance: String,
+    /// 0 = no quantity ceiling (seal cards, licences).
+    pub ceiling: u64,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+    pub single_use: bool,
+    pub origin_site: String,
+    pub destination_site: String,
+    pub consignee: String,
+    pub carrier: String,
+    pub issued_at_ms: u64,
+    /// Seller side: the sum shipped under the permit, and how many shipments.
+    pub drawn: u64,
+    pub draws: u32,
+    /// Buyer side: the sum received of those shipments.
+    pub received: u64,
+    pub closed: Option<PermitClosure>,
+}
+
+/// A permit's lifecycle state at a moment, derived from its view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum PermitState {
+    Issued,
+    Active,
+    PartiallyUsed,
+    Exhausted,
+    Expired,
+    Revoked,
+    WrittenOff,
+}
+
+impl PermitState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PermitState::Issued => "issued (not valid yet)",
+            PermitState::Active => "active",
+            PermitState::PartiallyUsed => "partially used",
+            PermitState::Exhausted => "exhausted",
+            PermitState::Expired => "expired",
+            PermitState::Revoked => "revoked",
+            PermitState::WrittenOff => "written off",
+        }
+    }
+}
+
+impl PermitView {
+    pub fn state(&self, now_ms: u64) -> PermitState {
+        match self.closed.as_ref().map(|c| c.how) {
+            Some(ClosedHow::Revoked) => PermitState::Revoked,
+            Some(ClosedHow::WrittenOff | ClosedHow::SingleUse) => PermitState::WrittenOff,
+            None if self.ceiling > 0 && self.drawn >= self.ceiling => PermitState::Exhausted,
+            None if self.not_after_ms != 0 && now_ms >= self.not_after_ms => PermitState::Expired,
+            None if now_ms < self.not_before_ms => PermitState::Issued,
+            None if self.drawn > 0 => PermitState::PartiallyUsed,
+            None => PermitState::Active,
+        }
+    }
+
+    /// What may still be drawn (`u64::MAX` without a ceiling); 0 once closed.
+    pub fn remaining(&self) -> u64 {
+        if self.closed.is_some() {
+            0
+        } else if self.ceiling == 0 {
+            u64::MAX
+        } else {
+            self.ceiling.saturating_sub(self.drawn)
+        }
+    }
 }
 
 /// The latest signed physical count for a holding.
@@ -238,9 +344,48 @@ pub mod key {
     pub fn count(h: &Holding<'_>) -> Vec<u8> {
         holding_key(b"c/", h)
     }
-    /// A permit issued by an `IssuePermit` entry (permit rules arrive with issue #3).
+    /// A permit issued by an `IssuePermit` entry.
     pub fn permit(issue_entry: u64) -> Vec<u8> {
         [b"p/".as_slice(), &issue_entry.to_be_bytes()].concat()
+    }
+    /// A permit's issue entry by its number.
+    pub fn permit_no(no: &str) -> Vec<u8> {
+        [b"pn/".as_slice(), no.as_bytes()].concat()
+    }
+    /// Prefix of a permit's draw-downs: `d/<permit><ship>` → the shipment as drawn (and
+    /// received), in ship order, so a reconciliation is one range scan.
+    pub fn draws(permit_entry: u64) -> Vec<u8> {
+        [b"d/".as_slice(), &permit_entry.to_be_bytes()].concat()
+    }
+    pub fn draw(permit_entry: u64, ship_entry: u64) -> Vec<u8> {
+        [
+            b"d/".as_slice(),
+            &permit_entry.to_be_bytes(),
+            &ship_entry.to_be_bytes(),
+        ]
+        .concat()
+    }
+    /// Permits of a holder: `ph/<credit code>\0<issue entry>` → ().
+    pub fn permits_of_holder(holder: &str) -> Vec<u8> {
+        [b"ph/".as_slice(), holder.as_bytes(), b"\0"].concat()
+    }
+    /// Permits by the holder's jurisdiction: `pj/<division code>\0<issue entry>` → (); a scan of
+    /// `pj/<prefix>` covers a region.
+    pub fn permits_of_jurisdiction(code: &str) -> Vec<u8> {
+        [b"pj/".as_slice(), code.as_bytes()].concat()
+    }
+    /// Production and operating licences issued as permits: `pl/<holder>\0<activity>\0<substance>`
+    /// → the issue entries.
+    pub fn licence_permits(holder: &str, activity: i32, substance: &str) -> Vec<u8> {
+        [
+            b"pl/".as_slice(),
+            holder.as_bytes(),
+            b"\0",
+            &activity.to_be_bytes(),
+            b"\0",
+            substance.as_bytes(),
+        ]
+        .concat()
     }
     /// Locations and leaf hashes of entries `[block * BLOCK, (block + 1) * BLOCK)`.
     pub fn entry_block(block: u64) -> Vec<u8> {

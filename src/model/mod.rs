@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod ids;
+pub mod regulation;
 
 pub use catalogue::{Catalogue, Substance};
 pub use ids::{check_credit_code, check_region_code, credit_code_check_char};

@@ -415,7 +415,8 @@ fn demo_runs_end_to_end_from_any_directory() {
         "receive:",
         "stock take:",
         "refused as expected: FailedPrecondition",
-        "verified offline: 9 entries",
+        "exceeds permit",
+        "verified offline: 12 entries",
     ] {
         assert!(t.contains(want), "missing `{want}` in:\n{t}");
     }

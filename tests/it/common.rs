@@ -121,6 +121,43 @@ pub struct World {
     pub buyer: String,
     pub p: RecordSigner,
     pub b: RecordSigner,
+    /// Regulator keys of the other agencies, registered by the root on first use.
+    pub agencies: Vec<(pb::Agency, RecordSigner)>,
+    /// Permits issued so far (for unique numbers).
+    pub permits_issued: u32,
+}
+
+/// Key seed of the test regulator of an agency (the root regulator is public security).
+pub fn agency_key(a: pb::Agency) -> SigningKey {
+    SigningKey::from_bytes(&[0x70 + a as u8; 32])
+}
+
+/// An `IssuePermit` payload valid from now for 30 days.
+pub fn permit(
+    no: &str,
+    t: pb::PermitType,
+    holder: &str,
+    substance: &str,
+    ceiling: u64,
+    single_use: bool,
+) -> pb::IssuePermit {
+    pb::IssuePermit {
+        permit_no: no.into(),
+        r#type: t as i32,
+        holder: holder.into(),
+        substance: substance.into(),
+        ceiling: Some(mg(ceiling)),
+        validity: Some(pb::Validity {
+            not_before_ms: 0,
+            not_after_ms: now() + 30 * 86_400_000,
+        }),
+        single_use,
+        ..Default::default()
+    }
+}
+
+pub fn receipt_ref(r: &pb::Receipt) -> pb::EntryRef {
+    entry_ref(ORIGIN, r.index, &r.leaf_hash)
 }
 
 pub fn licence(cat: pb::Category, acts: &[pb::Activity]) -> pb::Licence {
@@ -224,7 +261,97 @@ impl World {
             buyer,
             p: RecordSigner::new(pk, ORIGIN),
             b: RecordSigner::new(bk, ORIGIN),
+            agencies: Vec::new(),
+            permits_issued: 0,
         }
+    }
+
+    /// Signs `p` with the regulator of agency `a` (jurisdiction "44"): the root regulator for
+    /// public security, otherwise a key the root registers on first use.
+    pub async fn regulator_sign(
+        &mut self,
+        c: &mut LedgerClient<Channel>,
+        a: pb::Agency,
+        p: Payload,
+    ) -> pb::SignedRecord {
+        if a == pb::Agency::PublicSecurity {
+            return self.reg.sign(p, now());
+        }
+        if !self.agencies.iter().any(|(x, _)| *x == a) {
+            let k = agency_key(a);
+            let r = self.reg.sign(
+                Payload::RegisterAuthority(pb::RegisterAuthority {
+                    authority: Some(pb::AuthorityKey {
+                        public_key: k.verifying_key().to_bytes().to_vec(),
+                        name: format!("test {}", a.as_str_name()),
+                        agency: a as i32,
+                        jurisdiction: "44".into(),
+                        validity: None,
+                    }),
+                }),
+                now(),
+            );
+            submit(c, r).await.expect("authority registered");
+            self.agencies.push((a, RecordSigner::new(k, ORIGIN)));
+        }
+        let s = &mut self.agencies.iter_mut().find(|(x, _)| *x == a).unwrap().1;
+        s.sign(p, now())
+    }
+
+    /// Issues a permit through the agency the regulation table names; returns its receipt.
+    pub async fn issue(
+        &mut self,
+        c: &mut LedgerClient<Channel>,
+        p: pb::IssuePermit,
+    ) -> Result<pb::Receipt, tonic::Status> {
+        let cat = Catalogue::embedded();
+        let class =
+            taizhang::model::regulation::Class::of(cat.get(&p.substance).expect("substance"));
+        let t = pb::PermitType::try_from(p.r#type).expect("type");
+        let a = taizhang::model::regulation::issuer(t, class).expect("issuer");
+        let r = self.regulator_sign(c, a, Payload::IssuePermit(p)).await;
+        submit(c, r).await
+    }
+
+    /// A `Ship` payload from `seller` with fresh permits attached — exactly the ones the
+    /// regulation table asks for (the buyer's purchase permit, the seller's transport permit),
+    /// each for `amount`, single use.
+    pub async fn permitted(
+        &mut self,
+        c: &mut LedgerClient<Channel>,
+        seller: &str,
+        p: Payload,
+    ) -> Payload {
+        use taizhang::model::regulation::{needs, Class, Movement};
+        let Payload::Ship(mut s) = p else {
+            panic!("not a ship payload")
+        };
+        let cat = Catalogue::embedded();
+        let class = Class::of(cat.get(&s.substance).expect("substance"));
+        let ceiling = s.quantity.as_ref().map_or(1, |q| q.amount.max(1));
+        if s.consignee != seller {
+            if let Some(t) = needs(class, Movement::Purchase).needs.first() {
+                self.permits_issued += 1;
+                let no = format!("TP-{}", self.permits_issued);
+                let r = self
+                    .issue(
+                        c,
+                        permit(&no, *t, &s.consignee, &s.substance, ceiling, true),
+                    )
+                    .await
+                    .expect("purchase permit issued");
+                s.permit = Some(receipt_ref(&r));
+            }
+        }
+        if let Some(t) = needs(class, Movement::Transport).needs.first() {
+            self.permits_issued += 1;
+            let no = format!("TT-{}", self.permits_issued);
+            let mut tp = permit(&no, *t, seller, &s.substance, ceiling, true);
+            tp.consignee = s.consignee.clone();
+            let r = self.issue(c, tp).await.expect("transport permit issued");
+            s.transport_permit = Some(receipt_ref(&r));
+        }
+        Payload::Ship(s)
     }
 }
 
@@ -306,15 +433,16 @@ pub async fn scenario(s: &Server) -> u64 {
     )
     .await
     .unwrap();
-    let sh = submit(
-        &mut c,
-        w.p.sign(
-            ship("plant-1", EPHEDRINE, "LOT-A", 2_000_000, &w.buyer, "wh-1"),
-            now(),
-        ),
-    )
-    .await
-    .unwrap();
+    let producer = w.producer.clone();
+    let buyer = w.buyer.clone();
+    let sp = w
+        .permitted(
+            &mut c,
+            &producer,
+            ship("plant-1", EPHEDRINE, "LOT-A", 2_000_000, &buyer, "wh-1"),
+        )
+        .await;
+    let sh = submit(&mut c, w.p.sign(sp, now())).await.unwrap();
     submit(&mut c, w.b.sign(receive(&sh, "wh-1", 1_999_000), now()))
         .await
         .unwrap();

@@ -54,6 +54,12 @@ impl Harness {
         Harness { server, c, w }
     }
 
+    /// `ship` from the producer with the permits the regulation table asks for.
+    async fn permitted(&mut self, p: Payload) -> Payload {
+        let producer = self.w.producer.clone();
+        self.w.permitted(&mut self.c, &producer, p).await
+    }
+
     /// Submits a record that must be accepted as a new entry.
     async fn accept(&mut self, r: pb::SignedRecord) -> pb::Receipt {
         let receipt = submit(&mut self.c, r)
@@ -1512,10 +1518,17 @@ async fn trade() -> Trade {
     let produced_e1 = h.accept(r).await;
     let r = h.w.p.sign(produce("plant-1", ACETONE, "A-1", 500), now());
     h.accept(r).await;
-    let r = h.w.p.sign(
-        ship("plant-1", EPHEDRINE, "E-1", 100, &h.w.buyer, "wh-1"),
-        now(),
-    );
+    let r = h
+        .permitted(ship(
+            "plant-1",
+            EPHEDRINE,
+            "E-1",
+            100,
+            &h.w.buyer.clone(),
+            "wh-1",
+        ))
+        .await;
+    let r = h.w.p.sign(r, now());
     let ship1 = h.accept(r).await;
     let third = code("91440300MA5THRD01");
     let tk = SigningKey::from_bytes(&[0x54; 32]);
@@ -1673,10 +1686,11 @@ async fn produce_rules_refuse_bad_records_and_change_nothing() {
 async fn ship_beyond_book_stock_is_refused_and_changes_nothing() {
     let Trade { mut h, .. } = trade().await;
     let buyer = h.w.buyer.clone();
-    let r = peek(
-        &h.w.p,
-        ship("plant-1", EPHEDRINE, "E-1", 901, &buyer, "wh-1"),
-    );
+    // Each with permits for the whole quantity: the book stock is what refuses them.
+    let p = h
+        .permitted(ship("plant-1", EPHEDRINE, "E-1", 901, &buyer, "wh-1"))
+        .await;
+    let r = peek(&h.w.p, p);
     h.refuse(
         "901 of 900",
         r,
@@ -1684,10 +1698,10 @@ async fn ship_beyond_book_stock_is_refused_and_changes_nothing() {
         &["ship.quantity.amount", "901", "900"],
     )
     .await;
-    let r = peek(
-        &h.w.p,
-        ship("plant-1", EPHEDRINE, "E-1", u64::MAX, &buyer, "wh-1"),
-    );
+    let p = h
+        .permitted(ship("plant-1", EPHEDRINE, "E-1", u64::MAX, &buyer, "wh-1"))
+        .await;
+    let r = peek(&h.w.p, p);
     h.refuse(
         "u64::MAX of 900",
         r,
@@ -1695,7 +1709,10 @@ async fn ship_beyond_book_stock_is_refused_and_changes_nothing() {
         &["ship.quantity.amount", "900"],
     )
     .await;
-    let r = peek(&h.w.p, ship("plant-2", EPHEDRINE, "E-1", 1, &buyer, "wh-1"));
+    let p = h
+        .permitted(ship("plant-2", EPHEDRINE, "E-1", 1, &buyer, "wh-1"))
+        .await;
+    let r = peek(&h.w.p, p);
     h.refuse(
         "lot held at another site",
         r,
@@ -1704,13 +1721,16 @@ async fn ship_beyond_book_stock_is_refused_and_changes_nothing() {
     )
     .await;
     // Exactly the book stock is fine and leaves zero.
-    let r = h.w.p.sign(
-        ship("plant-1", EPHEDRINE, "E-1", 900, &buyer, "wh-2"),
-        now(),
-    );
+    let p = h
+        .permitted(ship("plant-1", EPHEDRINE, "E-1", 900, &buyer, "wh-2"))
+        .await;
+    let r = h.w.p.sign(p, now());
     h.accept(r).await;
     assert_eq!(h.balance(&h.w.producer, "plant-1", EPHEDRINE, "E-1"), 0);
-    let r = peek(&h.w.p, ship("plant-1", EPHEDRINE, "E-1", 1, &buyer, "wh-1"));
+    let p = h
+        .permitted(ship("plant-1", EPHEDRINE, "E-1", 1, &buyer, "wh-1"))
+        .await;
+    let r = peek(&h.w.p, p);
     h.refuse(
         "1 of 0",
         r,
@@ -2143,16 +2163,13 @@ async fn kinds_without_ingest_rules_are_unimplemented_and_named() {
             &["`consume`"],
         ),
         case(
-            "issue_permit",
+            "customs_clearance",
             peek(
                 reg,
-                Payload::IssuePermit(pb::IssuePermit {
-                    permit_no: "P-1".into(),
-                    ..Default::default()
-                }),
+                Payload::CustomsClearance(pb::CustomsClearance::default()),
             ),
             Code::Unimplemented,
-            &["`issue_permit`"],
+            &["`customs_clearance`"],
         ),
         case(
             "destroy",
@@ -2207,14 +2224,15 @@ async fn receive_that_would_overflow_book_stock_is_refused() {
         let r = h.w.p.sign(produce("plant-1", ACETONE, lot, q), now());
         h.accept(r).await;
     }
-    let r = h.w.p.sign(
-        ship("plant-1", ACETONE, "MAX", u64::MAX, &buyer, "wh-1"),
-        now(),
-    );
+    let r = h
+        .permitted(ship("plant-1", ACETONE, "MAX", u64::MAX, &buyer, "wh-1"))
+        .await;
+    let r = h.w.p.sign(r, now());
     let ship_max = h.accept(r).await;
-    let r =
-        h.w.p
-            .sign(ship("plant-1", ACETONE, "ONE", 1, &buyer, "wh-1"), now());
+    let r = h
+        .permitted(ship("plant-1", ACETONE, "ONE", 1, &buyer, "wh-1"))
+        .await;
+    let r = h.w.p.sign(r, now());
     let ship_one = h.accept(r).await;
     // The buyer re-lots the first shipment into a lot of its own, then merges the second
     // into it: u64::MAX + 1.
@@ -2291,17 +2309,19 @@ async fn ship_citing_a_non_permit_entry_as_its_permit_is_refused() {
     } = trade().await;
     let buyer = h.w.buyer.clone();
     let not_a_permit = entry_ref(ORIGIN, produced_e1.index, &produced_e1.leaf_hash);
-    let base = || ship("plant-1", EPHEDRINE, "E-1", 1, &buyer, "wh-1");
-    let as_permit = edit_ship(base(), |s| s.permit = Some(not_a_permit.clone()));
+    let base = h
+        .permitted(ship("plant-1", EPHEDRINE, "E-1", 1, &buyer, "wh-1"))
+        .await;
+    let as_permit = edit_ship(base.clone(), |s| s.permit = Some(not_a_permit.clone()));
     let r = peek(&h.w.p, as_permit);
     h.refuse(
         "produce entry cited as the purchase permit",
         r,
         Code::FailedPrecondition,
-        &["ship.permit"],
+        &["ship.permit", "is not a permit"],
     )
     .await;
-    let as_transport = edit_ship(base(), |s| s.transport_permit = Some(not_a_permit.clone()));
+    let as_transport = edit_ship(base, |s| s.transport_permit = Some(not_a_permit.clone()));
     let r = peek(&h.w.p, as_transport);
     h.refuse(
         "produce entry cited as the transport permit",
@@ -2602,7 +2622,17 @@ async fn conservation_run(seed: u64, steps: usize) -> (usize, usize, usize) {
     for step in 0..steps {
         let op = books.next_op(&mut rng, &codes);
         let what = format!("seed {seed} step {step}: {}", op.what);
-        let r = peek(&signers[op.who], op.payload);
+        // The producer's shipments carry the permits the regulation table asks for (issued
+        // as entries of their own just before).
+        let payload = if op.who == 0 && matches!(op.payload, Payload::Ship(_)) {
+            let producer = codes[0].clone();
+            let p = h.w.permitted(&mut h.c, &producer, op.payload).await;
+            expected_size = size(&mut h.c).await;
+            p
+        } else {
+            op.payload
+        };
+        let r = peek(&signers[op.who], payload);
         match (submit(&mut h.c, r.clone()).await, op.expect) {
             (Ok(receipt), Ok(effect)) => {
                 assert_eq!(receipt.index, expected_size, "{what}: index");
@@ -2696,6 +2726,13 @@ async fn batch(c: &mut Client, records: &[pb::SignedRecord]) -> Vec<pb::SubmitRe
 async fn batch_results_come_back_in_order_with_consecutive_indices_for_the_good_ones() {
     let mut h = Harness::start().await;
     let buyer = h.w.buyer.clone();
+    // The two shipments' permits are issued first (their own entries, before the batch).
+    let ship_10 = h
+        .permitted(ship("plant-1", EPHEDRINE, "B-2", 10, &buyer, "wh-1"))
+        .await;
+    let ship_1 = h
+        .permitted(ship("plant-1", EPHEDRINE, "B-2", 1, &buyer, "wh-1"))
+        .await;
     let n = size(&mut h.c).await;
     let stranger = RecordSigner::new(SigningKey::from_bytes(&[0x77; 32]), ORIGIN);
     let garbage = pb::SignedRecord {
@@ -2710,11 +2747,8 @@ async fn batch_results_come_back_in_order_with_consecutive_indices_for_the_good_
     let bad_site = peek(&h.w.b, counts("nowhere", &[(EPHEDRINE, "B-1", 0)]));
     let lot_made_earlier_in_batch = peek(&h.w.p, produce("plant-1", ACETONE, "B-1", 10));
     let unknown = peek(&stranger, counts("plant-1", &[(EPHEDRINE, "B-1", 0)]));
-    let g4 =
-        h.w.p
-            .sign(ship("plant-1", EPHEDRINE, "B-2", 10, &buyer, "wh-1"), now());
-    let stock_shipped_earlier_in_batch =
-        peek(&h.w.p, ship("plant-1", EPHEDRINE, "B-2", 1, &buyer, "wh-1"));
+    let g4 = h.w.p.sign(ship_10, now());
+    let stock_shipped_earlier_in_batch = peek(&h.w.p, ship_1);
     let records = vec![
         g1.clone(),
         bad_substance,

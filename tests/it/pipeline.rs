@@ -8,7 +8,7 @@
 use crate::common::*;
 use std::future::Future;
 use taizhang::ledger::{Code, Ledger, Receipt, Refusal, Submission};
-use taizhang::pb;
+use taizhang::pb::{self, record_body::Payload};
 
 fn submission(r: pb::SignedRecord) -> Submission {
     Submission {
@@ -45,33 +45,58 @@ async fn records_depending_on_groups_in_flight_are_judged_as_if_durable() {
         let k = ed25519_dalek::SigningKey::from_bytes(&[0x60 + round as u8; 32]);
         let mut ks = taizhang::client::RecordSigner::new(k.clone(), ORIGIN);
         let lot = format!("LOT-P{round}");
+        // Acetone (category 3): the buyer's purchase filing and the producer's transport
+        // filing may be multi-use, so one pair covers the round's shipments.
+        let mut filing = permit(
+            &format!("PF-{round}"),
+            pb::PermitType::PurchaseFiling,
+            &w.buyer,
+            ACETONE,
+            5_020,
+            false,
+        );
+        filing.counterparty = w.producer.clone();
+        let filing = w.issue(&mut c, filing).await.expect("purchase filing");
+        let mut transport = permit(
+            &format!("TF-{round}"),
+            pb::PermitType::TransportFiling,
+            &w.producer,
+            ACETONE,
+            20_000,
+            false,
+        );
+        transport.consignee = w.buyer.clone();
+        let transport = w.issue(&mut c, transport).await.expect("transport filing");
+        let with_permits = |p: Payload| {
+            let Payload::Ship(mut s) = p else {
+                unreachable!()
+            };
+            s.permit = Some(receipt_ref(&filing));
+            s.transport_permit = Some(receipt_ref(&transport));
+            Payload::Ship(s)
+        };
         let mut futs = Vec::new();
         futs.push(enqueue(l, w.reg.sign(register(&k, &w.producer), now())).await);
-        futs.push(
-            enqueue(
-                l,
-                ks.sign(produce("plant-1", EPHEDRINE, &lot, 10_000), now()),
-            )
-            .await,
-        );
+        futs.push(enqueue(l, ks.sign(produce("plant-1", ACETONE, &lot, 10_000), now())).await);
         for i in 0..5 {
             futs.push(
                 enqueue(
                     l,
                     w.p.sign(
-                        ship("plant-1", EPHEDRINE, &lot, 1_000 + i, &w.buyer, "wh-1"),
+                        with_permits(ship("plant-1", ACETONE, &lot, 1_000 + i, &w.buyer, "wh-1")),
                         now(),
                     ),
                 )
                 .await,
             );
         }
-        // More than the lot holds: refused, whichever group the producing record is in.
+        // More than the purchase filing has left (10 of its 5,020 mg): refused, whichever
+        // group the earlier draws are in.
         futs.push(
             enqueue(
                 l,
                 w.p.sign(
-                    ship("plant-1", EPHEDRINE, &lot, 10_000, &w.buyer, "wh-1"),
+                    with_permits(ship("plant-1", ACETONE, &lot, 11, &w.buyer, "wh-1")),
                     now(),
                 ),
             )
@@ -85,6 +110,11 @@ async fn records_depending_on_groups_in_flight_are_judged_as_if_durable() {
         assert_eq!(
             overdraw.code,
             Code::FailedPrecondition,
+            "{}",
+            overdraw.message
+        );
+        assert!(
+            overdraw.message.contains("remaining 10 mg"),
             "{}",
             overdraw.message
         );
