@@ -42,6 +42,10 @@ enum Cmd {
         ledger: LedgerArgs,
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// Audits count a shipment without an expected delivery time as overdue this many
+        /// hours after it left.
+        #[arg(long, default_value_t = 168)]
+        receipt_deadline_hours: u64,
     },
     /// Sign and submit records described in a JSON or TOML file.
     Submit {
@@ -71,6 +75,11 @@ enum Cmd {
         /// The signed checkpoint note is written here.
         #[arg(long)]
         checkpoint: PathBuf,
+    },
+    /// Inspectors' queries against a running server.
+    Audit {
+        #[command(subcommand)]
+        what: crate::cli_audit::AuditCmd,
     },
     /// Rebuild the derived views of a data dir from its log (server stopped).
     Reindex {
@@ -155,7 +164,17 @@ fn default_agency() -> String {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Keygen { path } => keygen(&path),
-        Cmd::Serve { ledger, listen } => serve(ledger, &listen),
+        Cmd::Serve {
+            ledger,
+            listen,
+            receipt_deadline_hours,
+        } => serve(
+            ledger,
+            &listen,
+            taizhang::audit::AuditConfig {
+                receipt_deadline_ms: receipt_deadline_hours.saturating_mul(3_600_000),
+            },
+        ),
         Cmd::Submit {
             file,
             key,
@@ -175,6 +194,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { data } => runtime()?.block_on(demo(data)),
+        Cmd::Audit { what } => runtime()?.block_on(crate::cli_audit::run(what)),
     }
 }
 
@@ -272,7 +292,7 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
     })
 }
 
-fn serve(a: LedgerArgs, listen: &str) -> Result<ExitCode> {
+fn serve(a: LedgerArgs, listen: &str, audit: taizhang::audit::AuditConfig) -> Result<ExitCode> {
     let cfg = ledger_config(&a)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -296,7 +316,7 @@ fn serve(a: LedgerArgs, listen: &str) -> Result<ExitCode> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        taizhang::api::serve(ledger.clone(), listener, shutdown)
+        taizhang::api::serve_with(ledger.clone(), listener, shutdown, audit)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         // Let the writer finish and the views reach sled before the process exits.
@@ -852,6 +872,21 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
         Ok(_) => bail!("a shipment overdrawing its permit was accepted"),
     }
+    // The inspector's view of the purchase permit: one draw-down, received 1 g short.
+    let rec = taizhang::pb::audit_client::AuditClient::connect(url.clone())
+        .await?
+        .reconcile_permit(pb::ReconcilePermitRequest {
+            permit: Some(pb::reconcile_permit_request::Permit::PermitNo(
+                "粤药购-2026-0001".into(),
+            )),
+            as_of_ms: 0,
+        })
+        .await
+        .map_err(|s| anyhow!("reconcile: {}", s.message()))?
+        .into_inner();
+    println!("\ntaizhang audit permit 粤药购-2026-0001:");
+    print!("{}", crate::cli_audit::reconciliation_text(&rec));
+    println!();
     // Verify offline: the last receipt, and the whole export.
     let key = ledger_key.verifying_key();
     let out = tmp.path().join("export.tzl");

@@ -2,6 +2,7 @@
 //! export, reindex, demo). Exit codes: 0 ok, 1 failure, 2 usage, 3 verification failed.
 
 mod cli;
+mod cli_audit;
 
 use clap::Parser;
 

@@ -1,5 +1,8 @@
-//! The gRPC layer: tonic services over the ledger. The only place that converts service
+//! The gRPC layer: tonic services over the ledger (`taizhang.v1.Ledger`, and in `audit` the
+//! inspectors' `taizhang.v1.Audit`). The only place that converts service
 //! messages to and from domain types, and the one place a `Refusal` becomes a `Status`.
+
+pub mod audit;
 
 use crate::crypto::KeyId;
 use crate::ledger::{Code, Ledger, Receipt, Refusal, Submission};
@@ -426,20 +429,43 @@ fn poll_now<S: Stream + Unpin>(s: &mut S) -> Option<Option<S::Item>> {
     }
 }
 
-/// Serves the ledger, health and reflection on `listener` until `shutdown` resolves.
+/// Serves the ledger, the audit service, health and reflection on `listener` until `shutdown`
+/// resolves, with default audit settings.
 pub async fn serve(
     ledger: Ledger,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_with(
+        ledger,
+        listener,
+        shutdown,
+        crate::audit::AuditConfig::default(),
+    )
+    .await
+}
+
+/// As [`serve`], with the audit settings given.
+pub async fn serve_with(
+    ledger: Ledger,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    audit_cfg: crate::audit::AuditConfig,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<LedgerServer<LedgerService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::audit_server::AuditServer<audit::AuditService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let audit_svc =
+        pb::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone(), audit_cfg))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let svc = LedgerServer::new(LedgerService::new(ledger))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -455,6 +481,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(svc)
+        .add_service(audit_svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -183,7 +183,8 @@ pub struct OpenReport {
     pub views_rebuild_reason: Option<String>,
 }
 
-fn now_ms() -> u64 {
+/// The ledger's clock: milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -737,6 +738,17 @@ impl Ledger {
         }
     }
 
+    /// A consistent view of the derived state, for a sequence of reads (audit queries). It
+    /// holds off the view flusher while it lives: drop it soon.
+    pub fn snapshot(&self) -> Box<dyn crate::store::ViewRead + '_> {
+        self.shared.views.snapshot()
+    }
+
+    /// Leaf hash of a durable entry.
+    pub fn leaf_hash(&self, index: u64) -> Option<Hash> {
+        self.shared.read.read().ok()?.tree.leaf(index)
+    }
+
     /// Writes the views held in memory through to the view store (they reach it in the
     /// background anyway; this waits for it).
     pub fn flush_views(&self) -> Result<(), Refusal> {
@@ -1282,7 +1294,7 @@ fn stage_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) -> Option<S
     // Keep the view flusher off sled while this group is checked: sled's batches lock out
     // every read, and this thread is the ledger's critical path.
     let gate = shared.views.read_gate();
-    let _gate = FairGuard(gate.as_ref().map(|g| g.lock()));
+    let _gate = FairGuard(gate.as_ref().map(|g| g.read()));
     // The groups not yet durable, oldest first. One that becomes durable meanwhile stays
     // readable here; one already gone from the list is in the views and the tree.
     let in_flight: Vec<Arc<InFlight>> = shared
@@ -1411,12 +1423,12 @@ fn stage_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) -> Option<S
 
 /// Holds the view store's read gate; on drop, hands it to whoever waits for it (the flusher)
 /// before this thread can take it again.
-struct FairGuard<'a>(Option<parking_lot::MutexGuard<'a, ()>>);
+struct FairGuard<'a>(Option<parking_lot::RwLockReadGuard<'a, ()>>);
 
 impl Drop for FairGuard<'_> {
     fn drop(&mut self) {
         if let Some(g) = self.0.take() {
-            parking_lot::MutexGuard::unlock_fair(g);
+            parking_lot::RwLockReadGuard::unlock_fair(g);
         }
     }
 }
@@ -1515,21 +1527,9 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
         }
     }
     if failure.is_none() && !written.is_empty() {
-        for g in &written {
-            let changes: crate::store::ViewBatch = g
-                .overlay
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            if let Err(e) = shared.views.apply(changes) {
-                // Entries are durable but the views missed them: refuse further writes
-                // until a restart replays the tail into the views.
-                poison(
-                    shared,
-                    format!("view store failed after a durable append: {e}"),
-                );
-            }
-        }
+        // The tree first, then the views: a query that finds an entry in the views can
+        // always prove it.
+        let mut new_size = None;
         if let Ok(mut r) = shared.read.write() {
             for g in &written {
                 for (p, loc) in g.leaves.iter().zip(&g.locations) {
@@ -1576,6 +1576,24 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
                 }
             }
             drop(r);
+            new_size = Some(size);
+        }
+        for g in &written {
+            let changes: crate::store::ViewBatch = g
+                .overlay
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Err(e) = shared.views.apply(changes) {
+                // Entries are durable but the views missed them: refuse further writes
+                // until a restart replays the tail into the views.
+                poison(
+                    shared,
+                    format!("view store failed after a durable append: {e}"),
+                );
+            }
+        }
+        if let Some(size) = new_size {
             // send_replace: `send` would drop the value while nobody is watching.
             shared.size_tx.send_replace(size);
         }

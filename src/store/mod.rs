@@ -53,12 +53,36 @@ pub trait ViewStore: Send {
     fn read_gate(&self) -> Option<Arc<ReadGate>> {
         None
     }
+    /// A consistent view for a sequence of reads (an audit query reading a permit and then its
+    /// draw-downs must not see a group land in between). The default reads the store directly,
+    /// which is consistent for stores nothing writes to concurrently.
+    fn snapshot(&self) -> Box<dyn ViewRead + '_> {
+        Box::new(Direct(self))
+    }
 }
 
-/// See [`ViewStore::read_gate`]. Hold it with `lock()`; let go with
-/// `parking_lot::MutexGuard::unlock_fair` so that a background writer waiting for it gets its
-/// turn at once.
-pub type ReadGate = parking_lot::Mutex<()>;
+/// Reads of a view store.
+pub trait ViewRead {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// All keys with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError>;
+}
+
+struct Direct<'a, S: ViewStore + ?Sized>(&'a S);
+
+impl<S: ViewStore + ?Sized> ViewRead for Direct<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+        self.0.scan_prefix(prefix)
+    }
+}
+
+/// See [`ViewStore::read_gate`]. Readers hold it with `read()` (letting go with
+/// `parking_lot::RwLockReadGuard::unlock_fair`, so a background writer waiting for it gets its
+/// turn at once); the background writer holds `write()`.
+pub type ReadGate = parking_lot::RwLock<()>;
 
 /// In-memory view store for tests.
 #[derive(Default)]

@@ -14,7 +14,7 @@
 //! while it holds the gate, so the writer's reads never wait behind sled's lock (the writer
 //! hands the gate over fairly between groups).
 
-use super::{ReadGate, StoreError, ViewBatch, ViewPairs, ViewStore};
+use super::{ReadGate, StoreError, ViewBatch, ViewPairs, ViewRead, ViewStore};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -40,8 +40,9 @@ pub struct WriteBack {
 
 #[derive(Default)]
 struct Layers {
-    /// The open chunk: applied here, not yet handed to the flusher.
-    dirty: Overlay,
+    /// The open chunk: applied here, not yet handed to the flusher. Shared with snapshots
+    /// (copied on the next write while one holds it).
+    dirty: Arc<Overlay>,
     /// Handed to the flusher, oldest first; the front one is being written.
     sealed: VecDeque<Arc<Overlay>>,
     sealed_keys: usize,
@@ -93,7 +94,7 @@ impl WriteBack {
                     let items: ViewBatch =
                         chunk.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let _gate = gate2.lock();
+                        let _gate = gate2.write();
                         inner2.apply(items)
                     }))
                     .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
@@ -175,7 +176,7 @@ impl WriteBack {
                     || l.dirty.len() >= self.policy.max_chunk_keys
                     || l.opened.is_some_and(|t| t.elapsed() >= self.policy.max_age));
             if due {
-                let chunk = Arc::new(std::mem::take(&mut l.dirty));
+                let chunk = std::mem::take(&mut l.dirty);
                 l.opened = None;
                 l.sealed_keys += chunk.len();
                 l.sealed.push_back(chunk.clone());
@@ -241,13 +242,13 @@ impl ViewStore for WriteBack {
             if l.opened.is_none() {
                 l.opened = Some(Instant::now());
             }
-            l.dirty.extend(batch);
+            Arc::make_mut(&mut l.dirty).extend(batch);
         }
         self.maybe_seal(false)
     }
     fn clear(&self) -> Result<(), StoreError> {
         self.wait_queued_at_most(0)?;
-        self.layers.write().map_err(poisoned)?.dirty.clear();
+        self.layers.write().map_err(poisoned)?.dirty = Arc::default();
         self.inner.clear()
     }
     fn flush(&self) -> Result<(), StoreError> {
@@ -257,6 +258,63 @@ impl ViewStore for WriteBack {
     }
     fn read_gate(&self) -> Option<Arc<ReadGate>> {
         Some(self.gate.clone())
+    }
+    fn snapshot(&self) -> Box<dyn ViewRead + '_> {
+        // The gate keeps the flusher from changing the store underneath; the layers are
+        // immutable once captured (the next write to the open chunk copies it).
+        let gate = self.gate.read();
+        let layers = match self.layers.read() {
+            Ok(l) => {
+                let mut v: Vec<Arc<Overlay>> = l.sealed.iter().cloned().collect();
+                v.push(l.dirty.clone());
+                Ok(v)
+            }
+            Err(_) => Err(StoreError::Views("write-back layer lock poisoned".into())),
+        };
+        Box::new(Snapshot {
+            inner: self.inner.as_ref(),
+            layers,
+            _gate: gate,
+        })
+    }
+}
+
+/// A consistent view of a write-back layer: its chunks as they were, over a store the flusher
+/// may not touch while the snapshot lives.
+struct Snapshot<'a> {
+    inner: &'a (dyn ViewStore + Sync),
+    /// Oldest first.
+    layers: Result<Vec<Arc<Overlay>>, StoreError>,
+    _gate: parking_lot::RwLockReadGuard<'a, ()>,
+}
+
+impl ViewRead for Snapshot<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let layers = self.layers.as_ref().map_err(Clone::clone)?;
+        for l in layers.iter().rev() {
+            if let Some(v) = l.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+        let layers = self.layers.as_ref().map_err(Clone::clone)?;
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .inner
+            .scan_prefix(prefix)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for l in layers {
+            for (k, v) in l.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 }
 

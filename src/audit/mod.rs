@@ -1,0 +1,29 @@
+//! Audit queries: what inspectors ask of the ledger, answered from the views (never a scan of
+//! the log) through one consistent snapshot, each figure citing the entries it rests on.
+//!
+//! Results are domain types; `api` turns them into protobuf and entry indices into
+//! `EntryRef`s with their leaf hashes.
+
+pub mod permits;
+
+use crate::ledger::Refusal;
+use crate::store::StoreError;
+
+/// Settings of the audit queries (configuration, not constants: DESIGN §6, issue #4).
+#[derive(Debug, Clone, Copy)]
+pub struct AuditConfig {
+    /// A shipment without an expected delivery time is overdue this long after it left.
+    pub receipt_deadline_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            receipt_deadline_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+fn se(e: StoreError) -> Refusal {
+    Refusal::from(e)
+}

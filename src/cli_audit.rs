@@ -1,0 +1,346 @@
+//! `taizhang audit ...`: the inspectors' queries from the command line — a readable table by
+//! default, the proto3 JSON mapping of the answer with `--json`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::process::ExitCode;
+use taizhang::pb::{self, audit_client::AuditClient};
+
+#[derive(clap::Subcommand)]
+pub enum AuditCmd {
+    /// Permit reconciliation (核销): figures, every draw-down matched with its receipt, mismatches.
+    Permit {
+        /// Permit number, or `entry:<index>` for the IssuePermit entry.
+        id: String,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// Judge as of this moment (ms since the epoch) instead of now.
+        #[arg(long)]
+        as_of_ms: Option<u64>,
+        /// Print the answer as JSON (proto3 JSON mapping).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Permits of an enterprise (`--holder`) or a region (`--jurisdiction`), with state and
+    /// remaining.
+    Permits {
+        #[arg(
+            long,
+            conflicts_with = "jurisdiction",
+            required_unless_present = "jurisdiction"
+        )]
+        holder: Option<String>,
+        /// Administrative division code or prefix (e.g. 4403).
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        /// Only these states (issued, active, partially_used, exhausted, expired, revoked,
+        /// written_off); repeatable.
+        #[arg(long = "state")]
+        states: Vec<String>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        as_of_ms: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn client(server: &str) -> Result<AuditClient<tonic::transport::Channel>> {
+    Ok(AuditClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server}"))?
+        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
+}
+
+pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
+    match cmd {
+        AuditCmd::Permit {
+            id,
+            server,
+            as_of_ms,
+            json,
+        } => {
+            let permit = if let Some(i) = id.strip_prefix("entry:") {
+                let index: u64 = i.parse().with_context(|| format!("`{id}`: entry index"))?;
+                let mut l = pb::ledger_client::LedgerClient::connect(server.clone())
+                    .await
+                    .with_context(|| format!("connecting to {server}"))?;
+                let e = l
+                    .get_entry(pb::GetEntryRequest { index })
+                    .await
+                    .map_err(|s| anyhow!("entry {index}: {}", s.message()))?
+                    .into_inner();
+                let cp = l
+                    .get_checkpoint(pb::GetCheckpointRequest {})
+                    .await
+                    .map_err(|s| anyhow!("checkpoint: {}", s.message()))?
+                    .into_inner();
+                pb::reconcile_permit_request::Permit::Entry(pb::EntryRef {
+                    origin: cp.origin,
+                    index,
+                    leaf_hash: e.leaf_hash,
+                })
+            } else {
+                pb::reconcile_permit_request::Permit::PermitNo(id.clone())
+            };
+            let r = client(&server)
+                .await?
+                .reconcile_permit(pb::ReconcilePermitRequest {
+                    permit: Some(permit),
+                    as_of_ms: as_of_ms.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", reconciliation_text(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Permits {
+            holder,
+            jurisdiction,
+            states,
+            server,
+            as_of_ms,
+            json,
+        } => {
+            let scope = match (holder, jurisdiction) {
+                (Some(h), _) => pb::list_permits_request::Scope::Holder(h),
+                (None, Some(j)) => pb::list_permits_request::Scope::Jurisdiction(j),
+                (None, None) => bail!("name --holder or --jurisdiction"),
+            };
+            let states = states
+                .iter()
+                .map(|s| {
+                    let name = format!("PERMIT_STATE_{}", s.to_uppercase().replace('-', "_"));
+                    pb::PermitState::from_str_name(&name)
+                        .map(|s| s as i32)
+                        .ok_or_else(|| anyhow!("--state {s}: not a permit state"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let r = client(&server)
+                .await?
+                .list_permits(pb::ListPermitsRequest {
+                    scope: Some(scope),
+                    as_of_ms: as_of_ms.unwrap_or(0),
+                    states,
+                    limit: 0,
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", list_text(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// 12345678 → "12,345,678".
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Milliseconds since the epoch as `2026-12-01 09:54 UTC`.
+pub fn when(ms: u64) -> String {
+    if ms == 0 {
+        return "—".into();
+    }
+    let fmt = time::format_description::parse_borrowed::<2>(
+        "[year]-[month]-[day] [hour]:[minute]:[second]",
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .zip(fmt.ok())
+        .and_then(|(t, f)| t.format(&f).ok())
+        .map_or_else(|| format!("{ms} ms"), |s| format!("{s} UTC"))
+}
+
+fn unit(u: i32) -> &'static str {
+    match pb::Unit::try_from(u) {
+        Ok(pb::Unit::Milligram) => "mg",
+        Ok(pb::Unit::Millilitre) => "ml",
+        Ok(pb::Unit::Dose) => "doses",
+        _ => "units",
+    }
+}
+
+fn enum_name(full: &str, prefix: &str) -> String {
+    full.trim_start_matches(prefix)
+        .to_lowercase()
+        .replace('_', " ")
+}
+
+fn state_name(s: i32) -> String {
+    pb::PermitState::try_from(s)
+        .map(|s| enum_name(s.as_str_name(), "PERMIT_STATE_"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn type_name(t: i32) -> String {
+    pb::PermitType::try_from(t)
+        .map(|t| {
+            t.as_str_name()
+                .trim_start_matches("PERMIT_TYPE_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "UNKNOWN".into())
+}
+
+fn cite(r: &Option<pb::EntryRef>) -> String {
+    match r {
+        Some(e) => format!("{} ({}…)", e.index, &hex::encode(&e.leaf_hash)[..12]),
+        None => "—".into(),
+    }
+}
+
+pub fn reconciliation_text(r: &pb::PermitReconciliation) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let Some(p) = &r.permit else {
+        return o;
+    };
+    let u = unit(p.unit);
+    let v = p.validity.unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "Permit {}  {}  — {}   (as of {}, ledger size {})",
+        p.permit_no,
+        type_name(p.r#type),
+        state_name(p.state),
+        when(r.as_of_ms),
+        r.ledger_size
+    );
+    let _ = writeln!(
+        o,
+        "  holder {}   counterparty {}   substance {}   jurisdiction {}",
+        p.holder,
+        if p.counterparty.is_empty() {
+            "—"
+        } else {
+            &p.counterparty
+        },
+        p.substance,
+        p.jurisdiction
+    );
+    let _ = writeln!(
+        o,
+        "  valid {} .. {}   single use: {}   issued by entry {}",
+        when(v.not_before_ms),
+        when(v.not_after_ms),
+        if p.single_use { "yes" } else { "no" },
+        cite(&p.issued_by)
+    );
+    let ceiling = if p.ceiling == 0 {
+        "none".to_string()
+    } else {
+        format!("{} {u}", thousands(p.ceiling))
+    };
+    let _ = writeln!(
+        o,
+        "  ceiling {ceiling}   drawn {} {u}   received {} {u}   remaining {} {u}   void {} {u}",
+        thousands(p.drawn),
+        thousands(p.received),
+        thousands(p.remaining),
+        thousands(p.void)
+    );
+    if p.closed_by.is_some() {
+        let _ = writeln!(
+            o,
+            "  closed by entry {}: {}",
+            cite(&p.closed_by),
+            p.closed_reason
+        );
+    }
+    let _ = writeln!(o, "\n  Draw-downs ({}):", r.draw_downs.len());
+    let _ = writeln!(
+        o,
+        "  {:<18} {:>14} {:<23} {:<28} {:<18} {:>14} {:>10}  status",
+        "ship entry", "shipped", "at", "from → to", "receive entry", "received", "gap"
+    );
+    for d in &r.draw_downs {
+        let status = pb::DrawStatus::try_from(d.status)
+            .map(|s| enum_name(s.as_str_name(), "DRAW_STATUS_"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {:<18} {:>14} {:<23} {:<28} {:<18} {:>14} {:>10}  {status}",
+            cite(&d.ship),
+            thousands(d.shipped),
+            when(d.shipped_at_ms),
+            format!("{} → {}", d.seller_site, d.consignee_site),
+            cite(&d.receive),
+            thousands(d.received),
+            thousands(d.gap),
+        );
+    }
+    let _ = writeln!(o, "\n  Mismatches ({}):", r.mismatches.len());
+    for m in &r.mismatches {
+        let kind = pb::MismatchKind::try_from(m.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("MISMATCH_KIND_")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {kind:<26} ship {}  receive {}  shipped {} {u}  received {} {u}  gap {} {u}: {}",
+            cite(&m.ship),
+            cite(&m.receive),
+            thousands(m.shipped),
+            thousands(m.received),
+            thousands(m.gap),
+            m.detail
+        );
+    }
+    o
+}
+
+pub fn list_text(r: &pb::ListPermitsResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<22} {:<18} {:<19} {:<12} {:>14} {:>14} {:>14}  {:<15} issued by",
+        "permit", "type", "holder", "substance", "ceiling", "drawn", "remaining", "state"
+    );
+    for p in &r.permits {
+        let u = unit(p.unit);
+        let _ = writeln!(
+            o,
+            "{:<22} {:<18} {:<19} {:<12} {:>14} {:>14} {:>14}  {:<15} {}",
+            p.permit_no,
+            type_name(p.r#type),
+            p.holder,
+            p.substance,
+            if p.ceiling == 0 {
+                "none".into()
+            } else {
+                format!("{} {u}", thousands(p.ceiling))
+            },
+            format!("{} {u}", thousands(p.drawn)),
+            format!("{} {u}", thousands(p.remaining)),
+            state_name(p.state),
+            cite(&p.issued_by)
+        );
+    }
+    if r.truncated {
+        let _ = writeln!(o, "(more permits matched than listed)");
+    }
+    o
+}
