@@ -20,14 +20,7 @@ impl AuditService {
     }
 
     fn entry_ref(&self, index: u64) -> Result<pb::EntryRef, Status> {
-        let h = self.ledger.leaf_hash(index).ok_or_else(|| {
-            Status::internal(format!("entry {index} is cited but not in the tree"))
-        })?;
-        Ok(pb::EntryRef {
-            origin: self.ledger.origin().to_string(),
-            index,
-            leaf_hash: h.to_vec(),
-        })
+        Refs::new(&self.ledger, &[index]).get(index)
     }
 
     fn as_of(ms: u64) -> u64 {
@@ -108,6 +101,37 @@ impl AuditService {
     }
 }
 
+/// Entry references for a set of cited entries, their leaf hashes read under one lock.
+struct Refs {
+    origin: String,
+    hashes: std::collections::HashMap<u64, [u8; 32]>,
+}
+
+impl Refs {
+    fn new(ledger: &Ledger, indices: &[u64]) -> Refs {
+        let hashes = indices
+            .iter()
+            .zip(ledger.leaf_hashes(indices))
+            .filter_map(|(i, h)| Some((*i, h?)))
+            .collect();
+        Refs {
+            origin: ledger.origin().to_string(),
+            hashes,
+        }
+    }
+
+    fn get(&self, index: u64) -> Result<pb::EntryRef, Status> {
+        let h = self.hashes.get(&index).ok_or_else(|| {
+            Status::internal(format!("entry {index} is cited but not in the tree"))
+        })?;
+        Ok(pb::EntryRef {
+            origin: self.origin.clone(),
+            index,
+            leaf_hash: h.to_vec(),
+        })
+    }
+}
+
 fn draw_status(s: permits::DrawStatus) -> pb::DrawStatus {
     match s {
         permits::DrawStatus::Received => pb::DrawStatus::Received,
@@ -168,12 +192,21 @@ impl pb::audit_server::Audit for AuditService {
             };
             permits::reconcile(snap.as_ref(), &self.cfg, issue_entry, as_of).map_err(status)?
         };
+        let cited: Vec<u64> = rec
+            .draw_downs
+            .iter()
+            .flat_map(|d| {
+                std::iter::once(d.shipment.ship_entry)
+                    .chain(d.shipment.received.as_ref().map(|r| r.receive_entry))
+            })
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
         let mut draw_downs = Vec::with_capacity(rec.draw_downs.len());
         for d in &rec.draw_downs {
             let s = &d.shipment;
             let rv = s.received.as_ref();
             draw_downs.push(pb::DrawDown {
-                ship: Some(self.entry_ref(s.ship_entry)?),
+                ship: Some(refs.get(s.ship_entry)?),
                 seller: s.from_enterprise.clone(),
                 seller_site: s.from_site.clone(),
                 consignee: s.to_enterprise.clone(),
@@ -182,7 +215,7 @@ impl pb::audit_server::Audit for AuditService {
                 shipped: s.quantity,
                 shipped_at_ms: s.shipped_at_ms,
                 deadline_ms: d.deadline_ms,
-                receive: rv.map(|r| self.entry_ref(r.receive_entry)).transpose()?,
+                receive: rv.map(|r| refs.get(r.receive_entry)).transpose()?,
                 received: rv.map_or(0, |r| r.quantity),
                 received_at_ms: rv.map_or(0, |r| r.at_ms),
                 gap: d.gap,
@@ -193,8 +226,8 @@ impl pb::audit_server::Audit for AuditService {
         for m in &rec.mismatches {
             mismatches.push(pb::Mismatch {
                 kind: mismatch_kind(m.kind) as i32,
-                ship: m.ship_entry.map(|i| self.entry_ref(i)).transpose()?,
-                receive: m.receive_entry.map(|i| self.entry_ref(i)).transpose()?,
+                ship: m.ship_entry.map(|i| refs.get(i)).transpose()?,
+                receive: m.receive_entry.map(|i| refs.get(i)).transpose()?,
                 shipped: m.shipped,
                 received: m.received,
                 gap: m.gap,

@@ -744,6 +744,14 @@ impl Ledger {
         self.shared.views.snapshot()
     }
 
+    /// Leaf hashes of durable entries, under one lock.
+    pub fn leaf_hashes(&self, indices: &[u64]) -> Vec<Option<Hash>> {
+        match self.shared.read.read() {
+            Ok(r) => indices.iter().map(|i| r.tree.leaf(*i)).collect(),
+            Err(_) => vec![None; indices.len()],
+        }
+    }
+
     /// Leaf hash of a durable entry.
     pub fn leaf_hash(&self, index: u64) -> Option<Hash> {
         self.shared.read.read().ok()?.tree.leaf(index)

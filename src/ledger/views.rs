@@ -543,3 +543,98 @@ impl<'s> Views<'s> {
         Ok(self.get::<u64>(&key::balance(h))?.unwrap_or(0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit(ceiling: u64, not_before_ms: u64, not_after_ms: u64) -> PermitView {
+        PermitView {
+            issue_entry: 7,
+            permit_no: "P-1".into(),
+            permit_type: 1,
+            issuer: KeyId([0; 16]),
+            jurisdiction: "440305".into(),
+            holder: "H".into(),
+            counterparty: String::new(),
+            substance: "S".into(),
+            ceiling,
+            not_before_ms,
+            not_after_ms,
+            single_use: false,
+            origin_site: String::new(),
+            destination_site: String::new(),
+            consignee: String::new(),
+            carrier: String::new(),
+            issued_at_ms: 0,
+            drawn: 0,
+            draws: 0,
+            received: 0,
+            closed: None,
+        }
+    }
+
+    #[test]
+    fn permit_states_follow_the_lifecycle() {
+        let mut p = permit(100, 10, 20);
+        assert_eq!(p.state(9), PermitState::Issued);
+        assert_eq!(p.state(10), PermitState::Active);
+        assert_eq!(p.remaining(), 100);
+        p.drawn = 40;
+        assert_eq!(p.state(15), PermitState::PartiallyUsed);
+        assert_eq!(p.remaining(), 60);
+        // Expiry is exclusive at not_after.
+        assert_eq!(p.state(19), PermitState::PartiallyUsed);
+        assert_eq!(p.state(20), PermitState::Expired);
+        p.drawn = 100;
+        assert_eq!(p.state(15), PermitState::Exhausted);
+        assert_eq!(
+            p.state(25),
+            PermitState::Exhausted,
+            "exhausted outranks expired"
+        );
+        assert_eq!(p.remaining(), 0);
+        for (how, state) in [
+            (ClosedHow::Revoked, PermitState::Revoked),
+            (ClosedHow::WrittenOff, PermitState::WrittenOff),
+            (ClosedHow::SingleUse, PermitState::WrittenOff),
+        ] {
+            let mut c = permit(100, 10, 20);
+            c.drawn = 30;
+            c.closed = Some(PermitClosure {
+                how,
+                entry: 9,
+                at_ms: 12,
+                reason: "r".into(),
+                void: 70,
+            });
+            assert_eq!(c.state(15), state);
+            assert_eq!(c.state(25), state, "a closure outranks expiry");
+            assert_eq!(c.remaining(), 0);
+        }
+        // Without a ceiling (seal cards, licences): never exhausted, nothing to remain.
+        let mut card = permit(0, 0, 20);
+        card.drawn = 1_000_000;
+        assert_eq!(card.state(5), PermitState::PartiallyUsed);
+        assert_eq!(card.remaining(), u64::MAX);
+    }
+
+    #[test]
+    fn entry_blocks_round_trip_and_refuse_partial_entries() {
+        let e = EntryView {
+            location: Location {
+                segment: 3,
+                offset: 1 << 40,
+                len: 77,
+            },
+            leaf_hash: [9; 32],
+        };
+        let mut b = Vec::new();
+        e.encode_into(&mut b);
+        e.encode_into(&mut b);
+        assert_eq!(b.len(), 2 * EntryView::WIDTH);
+        assert_eq!(decode_entry_block(b"x/", &b).unwrap(), vec![e, e]);
+        b.pop();
+        assert!(decode_entry_block(b"x/", &b).is_err());
+    }
+}

@@ -433,6 +433,54 @@ mod tests {
         assert_eq!(batches[0].len(), 4);
     }
 
+    #[test]
+    fn a_snapshot_keeps_what_it_saw_while_writes_go_on() {
+        let rec = Arc::new(Recording::default());
+        let policy = FlushPolicy {
+            max_chunk_keys: 4,
+            max_age: Duration::from_secs(3600),
+            max_queued_keys: 1_000_000,
+        };
+        let wb = WriteBack::new(rec.clone(), policy);
+        wb.apply(vec![
+            (b"p/a".to_vec(), Some(b"1".to_vec())),
+            (b"p/b".to_vec(), Some(b"1".to_vec())),
+        ])
+        .unwrap();
+        wb.flush().unwrap();
+        wb.apply(vec![
+            (b"p/b".to_vec(), None),
+            (b"p/c".to_vec(), Some(b"1".to_vec())),
+        ])
+        .unwrap();
+        {
+            let snap = wb.snapshot();
+            let want = vec![
+                (b"p/a".to_vec(), b"1".to_vec()),
+                (b"p/c".to_vec(), b"1".to_vec()),
+            ];
+            assert_eq!(
+                snap.scan_prefix(b"p/").unwrap(),
+                want,
+                "deletes and adds merged"
+            );
+            // Later writes, in the open chunk and beyond it, are not seen by the snapshot.
+            wb.apply(vec![(b"p/a".to_vec(), Some(b"2".to_vec()))])
+                .unwrap();
+            wb.apply(vec![(b"p/d".to_vec(), Some(b"1".to_vec()))])
+                .unwrap();
+            assert_eq!(snap.get(b"p/a").unwrap(), Some(b"1".to_vec()));
+            assert_eq!(snap.get(b"p/d").unwrap(), None);
+            assert_eq!(snap.scan_prefix(b"p/").unwrap(), want);
+            // The flusher cannot write under a snapshot: nothing sealed meanwhile reached it.
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(rec.inner.get(b"p/c").unwrap(), None);
+        }
+        wb.flush().unwrap();
+        assert_eq!(wb.snapshot().get(b"p/a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(rec.inner.get(b"p/d").unwrap(), Some(b"1".to_vec()));
+    }
+
     /// A store that refuses everything: the layer must say so and refuse further changes.
     struct Refusing;
     impl ViewStore for Refusing {

@@ -1,0 +1,395 @@
+//! Audit query latency on a ledger of realistic size: `ReconcilePermit` on a permit with 1,000
+//! draw-downs (half of them received short), and `ListPermits`, over real gRPC on loopback and
+//! in-process, next to a null unary call (`GetSignerHead`) measured in the same run.
+//!
+//! The ledger is built through the ordinary append path (signed records, every rule checked):
+//! `TZ_BENCH_ENTRIES` entries in all (default 200,000), the permit's shipments and receipts
+//! spread evenly through them, the rest `Produce` records from 64 keys. The views are flushed
+//! to sled before anything is timed, so queries read sled, not the write-back layer.
+//!
+//! Run: `cargo bench --bench audit` (`TZ_BENCH_ENTRIES=1000000 cargo bench --bench audit`).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use ed25519_dalek::SigningKey;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use taizhang::client::{entry_ref, mg, RecordSigner};
+use taizhang::ledger::{Config, Ledger, Submission};
+use taizhang::model::{credit_code_check_char, Catalogue};
+use taizhang::pb::{self, record_body::Payload};
+
+const ORIGIN: &str = "taizhang.bench/audit";
+/// Acetic anhydride: category 2, so the purchase filing and transport permit may be multi-use.
+const SUBSTANCE: &str = "108-24-7";
+const DRAWS: usize = 1_000;
+
+fn code(stem: &str) -> String {
+    format!("{stem}{}", credit_code_check_char(stem).expect("alphabet"))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn sub(r: pb::SignedRecord) -> Submission {
+    Submission {
+        body: r.body,
+        signature: r.signature,
+        cosignatures: vec![],
+    }
+}
+
+async fn one(l: &Ledger, r: pb::SignedRecord) -> pb::EntryRef {
+    let rc = l.submit(sub(r)).await.expect("accepted");
+    entry_ref(ORIGIN, rc.index, &rc.leaf_hash)
+}
+
+fn report(name: &str, mut lat: Vec<Duration>) -> Duration {
+    lat.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "  {name}: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} calls)",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0)),
+        lat.len()
+    );
+    percentile(&lat, 0.99)
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let entries: usize = std::env::var("TZ_BENCH_ENTRIES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if bench_mode { 200_000 } else { 3_000 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(entries, if bench_mode { 1_000 } else { 20 }));
+}
+
+async fn run(entries: usize, calls: usize) {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tmp = tempfile::tempdir_in(&base).unwrap();
+    let regulator = SigningKey::from_bytes(&[0x52; 32]);
+    let cfg = Config {
+        data_dir: tmp.path().join("data"),
+        origin: ORIGIN.into(),
+        root_regulators: vec![pb::AuthorityKey {
+            public_key: regulator.verifying_key().to_bytes().to_vec(),
+            name: "bench".into(),
+            agency: pb::Agency::PublicSecurity as i32,
+            jurisdiction: String::new(),
+            validity: None,
+        }],
+        ledger_key: SigningKey::from_bytes(&[0x4c; 32]),
+        catalogue: Arc::new(Catalogue::embedded()),
+        max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
+    };
+    let (ledger, _) = Ledger::open(cfg).unwrap();
+    let mut reg = RecordSigner::new(regulator, ORIGIN);
+    let seller = code("91440300MA5PRDCR1");
+    let buyer = code("91440300MA5BUYER1");
+    use pb::{Activity::*, Category::*};
+    let enrol = |c: &str, j: &str, acts: &[pb::Activity], site: &str| {
+        Payload::EnrolEnterprise(pb::EnrolEnterprise {
+            credit_code: c.into(),
+            name: c.into(),
+            jurisdiction: j.into(),
+            licences: [Precursor2, Precursor3]
+                .iter()
+                .map(|cat| pb::Licence {
+                    licence_no: format!("L-{c}-{}", *cat as i32),
+                    category: *cat as i32,
+                    activities: acts.iter().map(|a| *a as i32).collect(),
+                    validity: None,
+                })
+                .collect(),
+            sites: vec![pb::Site {
+                site_id: site.into(),
+                name: site.into(),
+                address: String::new(),
+            }],
+        })
+    };
+    let register = |k: &SigningKey, e: &str| {
+        Payload::RegisterKey(pb::RegisterKey {
+            public_key: k.verifying_key().to_bytes().to_vec(),
+            role: pb::Role::Enterprise as i32,
+            enterprise: e.into(),
+            jurisdiction: String::new(),
+            holder: String::new(),
+            validity: None,
+        })
+    };
+    let sk = SigningKey::from_bytes(&[0x53; 32]);
+    let bk = SigningKey::from_bytes(&[0x42; 32]);
+    let filler_keys: Vec<SigningKey> = (0..64u8)
+        .map(|i| SigningKey::from_bytes(&[i.wrapping_add(0x80); 32]))
+        .collect();
+    let mut setup = vec![
+        enrol(&seller, "440305", &[Produce, Sell], "plant"),
+        enrol(&buyer, "440306", &[Purchase], "wh"),
+        register(&sk, &seller),
+        register(&bk, &buyer),
+    ];
+    setup.extend(filler_keys.iter().map(|k| register(k, &seller)));
+    for p in setup {
+        one(&ledger, reg.sign(p, now())).await;
+    }
+    let validity = Some(pb::Validity {
+        not_before_ms: 0,
+        not_after_ms: now() + 365 * 86_400_000,
+    });
+    let filing = one(
+        &ledger,
+        reg.sign(
+            Payload::IssuePermit(pb::IssuePermit {
+                permit_no: "BENCH-PF-1".into(),
+                r#type: pb::PermitType::PurchaseFiling as i32,
+                holder: buyer.clone(),
+                substance: SUBSTANCE.into(),
+                ceiling: Some(mg(u64::MAX / 2)),
+                validity,
+                ..Default::default()
+            }),
+            now(),
+        ),
+    )
+    .await;
+    let transport = one(
+        &ledger,
+        reg.sign(
+            Payload::IssuePermit(pb::IssuePermit {
+                permit_no: "BENCH-TP-1".into(),
+                r#type: pb::PermitType::TransportPermit as i32,
+                holder: seller.clone(),
+                substance: SUBSTANCE.into(),
+                ceiling: Some(mg(u64::MAX / 2)),
+                validity,
+                consignee: buyer.clone(),
+                ..Default::default()
+            }),
+            now(),
+        ),
+    )
+    .await;
+    let mut s = RecordSigner::new(sk, ORIGIN);
+    let mut b = RecordSigner::new(bk, ORIGIN);
+    one(
+        &ledger,
+        s.sign(
+            Payload::Produce(pb::Produce {
+                site_id: "plant".into(),
+                substance: SUBSTANCE.into(),
+                lot: "BIG".into(),
+                quantity: Some(mg(1 << 50)),
+            }),
+            now(),
+        ),
+    )
+    .await;
+
+    // The body of the ledger: filler interleaved with the permit's shipments and receipts.
+    let built = Instant::now();
+    let mut fillers: Vec<RecordSigner> = filler_keys
+        .into_iter()
+        .map(|k| RecordSigner::new(k, ORIGIN))
+        .collect();
+    let filler_total = entries.saturating_sub(ledger.size() as usize + 2 * DRAWS);
+    let per_draw = filler_total / DRAWS;
+    let mut made = 0usize;
+    for d in 0..DRAWS {
+        let chunk: Vec<Result<Submission, taizhang::ledger::Refusal>> = (0..per_draw)
+            .map(|i| {
+                let k = (made + i) % fillers.len();
+                Ok(sub(fillers[k].sign(
+                    Payload::Produce(pb::Produce {
+                        site_id: "plant".into(),
+                        substance: "67-64-1".into(),
+                        lot: format!("F-{}", made + i),
+                        quantity: Some(mg(1_000)),
+                    }),
+                    now(),
+                )))
+            })
+            .collect();
+        made += chunk.len();
+        let l2 = ledger.clone();
+        let prepared = tokio::task::spawn_blocking(move || l2.prepare_all(chunk))
+            .await
+            .unwrap();
+        for r in ledger.submit_prepared(prepared).await {
+            r.expect("filler accepted");
+        }
+        let ship = one(
+            &ledger,
+            s.sign(
+                Payload::Ship(pb::Ship {
+                    site_id: "plant".into(),
+                    substance: SUBSTANCE.into(),
+                    lot: "BIG".into(),
+                    quantity: Some(mg(1_000_000)),
+                    consignee: buyer.clone(),
+                    consignee_site: "wh".into(),
+                    permit: Some(filing.clone()),
+                    transport_permit: Some(transport.clone()),
+                    payment_method: "bank_transfer".into(),
+                    ..Default::default()
+                }),
+                now(),
+            ),
+        )
+        .await;
+        one(
+            &ledger,
+            b.sign(
+                Payload::Receive(pb::Receive {
+                    ship: Some(ship),
+                    site_id: "wh".into(),
+                    quantity: Some(mg(if d % 2 == 0 { 1_000_000 } else { 999_000 })),
+                    lot: String::new(),
+                }),
+                now(),
+            ),
+        )
+        .await;
+    }
+    ledger.flush_views().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    println!(
+        "ledger of {} entries built through the append path in {:.1} s; permit BENCH-PF-1 has {DRAWS} draw-downs",
+        ledger.size(),
+        built.elapsed().as_secs_f64()
+    );
+
+    let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(taizhang::api::serve(
+        ledger.clone(),
+        listener,
+        std::future::pending(),
+    ));
+    let url = format!("http://{addr}");
+    // A client that expects large answers opens its HTTP/2 windows (the 64 KiB default
+    // costs a round trip per 64 KiB of a ~250 KB reconciliation).
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .connect()
+        .await
+        .unwrap();
+    let mut audit = pb::audit_client::AuditClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut lc = pb::ledger_client::LedgerClient::connect(url).await.unwrap();
+    let key_id = s.key_id().0.to_vec();
+
+    // Warm up, and check the answer is the known one.
+    let req = || pb::ReconcilePermitRequest {
+        permit: Some(pb::reconcile_permit_request::Permit::PermitNo(
+            "BENCH-PF-1".into(),
+        )),
+        as_of_ms: 0,
+    };
+    let r = audit.reconcile_permit(req()).await.unwrap().into_inner();
+    assert_eq!(r.draw_downs.len(), DRAWS);
+    assert_eq!(
+        r.mismatches.len(),
+        DRAWS / 2,
+        "every other receipt is short"
+    );
+
+    println!("query latency, one client, sequential (loopback gRPC unless noted):");
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        lc.get_signer_head(pb::GetSignerHeadRequest {
+            key_id: key_id.clone(),
+        })
+        .await
+        .unwrap();
+        lat.push(t.elapsed());
+    }
+    report("null call (GetSignerHead)", lat);
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        audit.reconcile_permit(req()).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    let p99 = report("ReconcilePermit, 1,000 draw-downs (response ~250 KB)", lat);
+    let mut lat = Vec::with_capacity(calls);
+    let cfg = taizhang::audit::AuditConfig::default();
+    for _ in 0..calls {
+        let t = Instant::now();
+        let snap = ledger.snapshot();
+        let e = taizhang::audit::permits::find(snap.as_ref(), "BENCH-PF-1")
+            .unwrap()
+            .unwrap();
+        let rec = taizhang::audit::permits::reconcile(snap.as_ref(), &cfg, e, now()).unwrap();
+        assert_eq!(rec.draw_downs.len(), DRAWS);
+        drop(snap);
+        lat.push(t.elapsed());
+    }
+    report(
+        "ReconcilePermit in-process (snapshot, get + range scan)",
+        lat,
+    );
+    // The service itself, called without the network: snapshot, reconciliation, protobuf.
+    let svc = taizhang::api::audit::AuditService::new(ledger.clone(), cfg);
+    let mut lat = Vec::with_capacity(calls);
+    let mut bytes = 0;
+    for _ in 0..calls {
+        use pb::audit_server::Audit;
+        let t = Instant::now();
+        let r = svc
+            .reconcile_permit(tonic::Request::new(req()))
+            .await
+            .unwrap()
+            .into_inner();
+        let enc = prost::Message::encode_to_vec(&r);
+        bytes = enc.len();
+        lat.push(t.elapsed());
+    }
+    report(
+        &format!("ReconcilePermit service + encoding, no network ({bytes} bytes)"),
+        lat,
+    );
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let r = audit
+            .list_permits(pb::ListPermitsRequest {
+                scope: Some(pb::list_permits_request::Scope::Jurisdiction("44".into())),
+                as_of_ms: 0,
+                states: vec![],
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.permits.len(), 2);
+        lat.push(t.elapsed());
+    }
+    report("ListPermits, jurisdiction 44", lat);
+    println!(
+        "  target (issue #3): ReconcilePermit p99 ≤ 5 ms with 1,000 draw-downs: {}",
+        if p99 <= Duration::from_millis(5) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    ledger.close().await;
+}
