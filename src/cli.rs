@@ -46,6 +46,13 @@ enum Cmd {
         /// hours after it left.
         #[arg(long, default_value_t = 168)]
         receipt_deadline_hours: u64,
+        /// Trade checks flag an import or export customs has not cleared after this many days.
+        #[arg(long, default_value_t = 30)]
+        clearance_deadline_days: u64,
+        /// Trade checks flag an export the importing country has not endorsed after this many
+        /// days.
+        #[arg(long, default_value_t = 90)]
+        endorsement_deadline_days: u64,
     },
     /// Sign and submit records described in a JSON or TOML file.
     Submit {
@@ -168,11 +175,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ledger,
             listen,
             receipt_deadline_hours,
+            clearance_deadline_days,
+            endorsement_deadline_days,
         } => serve(
             ledger,
             &listen,
             taizhang::audit::AuditConfig {
                 receipt_deadline_ms: receipt_deadline_hours.saturating_mul(3_600_000),
+                clearance_deadline_ms: clearance_deadline_days.saturating_mul(86_400_000),
+                endorsement_deadline_ms: endorsement_deadline_days.saturating_mul(86_400_000),
             },
         ),
         Cmd::Submit {
@@ -752,6 +763,8 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
                     substance: eph.into(),
                     ceiling: Some(mg(12_000_000)),
                     validity: Some(month),
+                    // Category 1 purchase permits are single use.
+                    single_use: true,
                     ..Default::default()
                 }),
                 now_ms(),
@@ -782,7 +795,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         .into_inner();
     total += 2;
     println!(
-        "permits: buyer's purchase permit for 12 kg -> entry {}; single-use transport permit for 10 kg -> entry {}",
+        "permits: buyer's single-use purchase permit for 12 kg -> entry {}; single-use transport permit for 10 kg -> entry {}",
         purchase.index, transport.index
     );
     let mut p = RecordSigner::new(producer_key, origin);
@@ -819,6 +832,23 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
             ..Default::default()
         })
     };
+    // A refused record: a shipment larger than the buyer's permit allows.
+    // (Signed at the key's next position without advancing it: the ledger will not take it.)
+    let body = taizhang::codec::encode_body(&p.body(ship_eph(20_000_000), now_ms()));
+    let refused = pb::SignedRecord {
+        signature: crypto::sign_record(p.key(), &body).to_vec(),
+        body,
+        cosignatures: vec![],
+    };
+    let over = client
+        .submit(pb::SubmitRequest {
+            record: Some(refused),
+        })
+        .await;
+    match over {
+        Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
+        Ok(_) => bail!("a shipment overdrawing its permit was accepted"),
+    }
     let ship = client
         .submit(pb::SubmitRequest {
             record: Some(p.sign(ship_eph(10_000_000), now_ms())),
@@ -862,17 +892,8 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         .into_inner();
     println!("stock take: 15 kg counted at plant-1 -> entry {}", st.index);
     total += 4;
-    // A refused record: drawing more than the purchase permit has left.
-    let over = client
-        .submit(pb::SubmitRequest {
-            record: Some(p.sign(ship_eph(20_000_000), now_ms())),
-        })
-        .await;
-    match over {
-        Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
-        Ok(_) => bail!("a shipment overdrawing its permit was accepted"),
-    }
-    // The inspector's view of the purchase permit: one draw-down, received 1 g short.
+    // The inspector's view of the purchase permit: one draw-down, received 1 g short; the
+    // permit closed at that first use and the 2 kg it had left are void.
     let rec = taizhang::pb::audit_client::AuditClient::connect(url.clone())
         .await?
         .reconcile_permit(pb::ReconcilePermitRequest {

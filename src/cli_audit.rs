@@ -20,6 +20,18 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Two-way import / export check (进出口双向核查) of a licence: licensed, declared, cleared by
+    /// customs, endorsed abroad; every exception.
+    Trade {
+        /// Licence number, or `entry:<index>` for its IssuePermit entry.
+        id: String,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        as_of_ms: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Permits of an enterprise (`--holder`) or a region (`--jurisdiction`), with state and
     /// remaining.
     Permits {
@@ -52,36 +64,70 @@ async fn client(server: &str) -> Result<AuditClient<tonic::transport::Channel>> 
         .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
+/// An `EntryRef` for `entry:<index>`, read from the server; `None` for a permit number.
+async fn entry_arg(server: &str, id: &str) -> Result<Option<pb::EntryRef>> {
+    let Some(i) = id.strip_prefix("entry:") else {
+        return Ok(None);
+    };
+    let index: u64 = i.parse().with_context(|| format!("`{id}`: entry index"))?;
+    let mut l = pb::ledger_client::LedgerClient::connect(server.to_string())
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    let e = l
+        .get_entry(pb::GetEntryRequest { index })
+        .await
+        .map_err(|s| anyhow!("entry {index}: {}", s.message()))?
+        .into_inner();
+    let cp = l
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .map_err(|s| anyhow!("checkpoint: {}", s.message()))?
+        .into_inner();
+    Ok(Some(pb::EntryRef {
+        origin: cp.origin,
+        index,
+        leaf_hash: e.leaf_hash,
+    }))
+}
+
 pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
     match cmd {
+        AuditCmd::Trade {
+            id,
+            server,
+            as_of_ms,
+            json,
+        } => {
+            use pb::reconcile_import_export_request::Licence;
+            let licence = match entry_arg(&server, &id).await? {
+                Some(e) => Licence::Entry(e),
+                None => Licence::PermitNo(id.clone()),
+            };
+            let r = client(&server)
+                .await?
+                .reconcile_import_export(pb::ReconcileImportExportRequest {
+                    licence: Some(licence),
+                    as_of_ms: as_of_ms.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", trade_text(&r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AuditCmd::Permit {
             id,
             server,
             as_of_ms,
             json,
         } => {
-            let permit = if let Some(i) = id.strip_prefix("entry:") {
-                let index: u64 = i.parse().with_context(|| format!("`{id}`: entry index"))?;
-                let mut l = pb::ledger_client::LedgerClient::connect(server.clone())
-                    .await
-                    .with_context(|| format!("connecting to {server}"))?;
-                let e = l
-                    .get_entry(pb::GetEntryRequest { index })
-                    .await
-                    .map_err(|s| anyhow!("entry {index}: {}", s.message()))?
-                    .into_inner();
-                let cp = l
-                    .get_checkpoint(pb::GetCheckpointRequest {})
-                    .await
-                    .map_err(|s| anyhow!("checkpoint: {}", s.message()))?
-                    .into_inner();
-                pb::reconcile_permit_request::Permit::Entry(pb::EntryRef {
-                    origin: cp.origin,
-                    index,
-                    leaf_hash: e.leaf_hash,
-                })
-            } else {
-                pb::reconcile_permit_request::Permit::PermitNo(id.clone())
+            let permit = match entry_arg(&server, &id).await? {
+                Some(e) => pb::reconcile_permit_request::Permit::Entry(e),
+                None => pb::reconcile_permit_request::Permit::PermitNo(id.clone()),
             };
             let r = client(&server)
                 .await?
@@ -306,6 +352,87 @@ pub fn reconciliation_text(r: &pb::PermitReconciliation) -> String {
             thousands(m.received),
             thousands(m.gap),
             m.detail
+        );
+    }
+    o
+}
+
+pub fn trade_text(r: &pb::TradeReconciliation) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let Some(p) = &r.licence else {
+        return o;
+    };
+    let u = unit(p.unit);
+    let _ = writeln!(
+        o,
+        "Licence {}  {}  — {}   holder {}   substance {}   (as of {}, ledger size {})",
+        p.permit_no,
+        type_name(p.r#type),
+        state_name(p.state),
+        p.holder,
+        p.substance,
+        when(r.as_of_ms),
+        r.ledger_size
+    );
+    let _ = writeln!(
+        o,
+        "  licensed {} {u}   declared {} {u}   cleared by customs {} {u}   endorsed abroad {} {u}",
+        thousands(r.licensed),
+        thousands(r.declared),
+        thousands(r.cleared),
+        thousands(r.endorsed)
+    );
+    let _ = writeln!(o, "\n  Movements ({}):", r.movements.len());
+    for m in &r.movements {
+        let _ = writeln!(
+            o,
+            "  {} {:<7} {:>14} {u}  {}  {} {}{}  customs {} {}  endorsement {} {}{}",
+            cite(&m.entry),
+            if m.export { "export" } else { "import" },
+            thousands(m.declared),
+            when(m.at_ms),
+            m.country,
+            m.counterparty,
+            if m.pen_reference.is_empty() {
+                String::new()
+            } else {
+                format!(" (PEN {})", m.pen_reference)
+            },
+            cite(&m.clearance),
+            if m.clearance.is_some() {
+                format!("{} {u}", thousands(m.cleared))
+            } else {
+                String::new()
+            },
+            cite(&m.endorsement),
+            if m.endorsement.is_some() && !m.objection {
+                format!("{} {u}", thousands(m.endorsed))
+            } else {
+                String::new()
+            },
+            if m.objection {
+                format!("OBJECTION: {}", m.objection_reason)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let _ = writeln!(o, "\n  Exceptions ({}):", r.exceptions.len());
+    for x in &r.exceptions {
+        let kind = pb::TradeExceptionKind::try_from(x.kind)
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("TRADE_EXCEPTION_KIND_")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {kind:<22} movement {}  counterpart {}: {}",
+            cite(&x.movement),
+            cite(&x.counterpart),
+            x.detail
         );
     }
     o

@@ -2,7 +2,7 @@
 //! every entry index turned into an `EntryRef` with its leaf hash.
 
 use super::status;
-use crate::audit::{permits, AuditConfig};
+use crate::audit::{permits, trade, AuditConfig};
 use crate::ledger::views::{ClosedHow, PermitState};
 use crate::ledger::Ledger;
 use crate::pb;
@@ -150,46 +150,158 @@ fn mismatch_kind(k: permits::MismatchKind) -> pb::MismatchKind {
     }
 }
 
+fn exception_kind(k: trade::ExceptionKind) -> pb::TradeExceptionKind {
+    use pb::TradeExceptionKind as P;
+    match k {
+        trade::ExceptionKind::ClearanceMissing => P::ClearanceMissing,
+        trade::ExceptionKind::ClearanceMismatch => P::ClearanceMismatch,
+        trade::ExceptionKind::EndorsementMissing => P::EndorsementMissing,
+        trade::ExceptionKind::EndorsementMismatch => P::EndorsementMismatch,
+        trade::ExceptionKind::Objection => P::Objection,
+        trade::ExceptionKind::ExportAfterObjection => P::ExportAfterObjection,
+    }
+}
+
+impl AuditService {
+    /// The issue entry a request names, by number or by `EntryRef`.
+    fn permit_entry(
+        &self,
+        snap: &dyn crate::store::ViewRead,
+        no: Option<String>,
+        entry: Option<pb::EntryRef>,
+    ) -> Result<u64, Status> {
+        match (no, entry) {
+            (Some(no), _) => permits::find(snap, &no).map_err(status)?.ok_or_else(|| {
+                Status::not_found(format!("permit_no: no permit `{no}` on this ledger"))
+            }),
+            (None, Some(e)) => {
+                if e.origin != self.ledger.origin() {
+                    return Err(Status::invalid_argument(format!(
+                        "entry.origin: `{}` is not this ledger",
+                        e.origin
+                    )));
+                }
+                if self.ledger.leaf_hash(e.index).map(|h| h.to_vec()) != Some(e.leaf_hash) {
+                    return Err(Status::not_found(format!(
+                        "entry: no entry {} with that leaf hash",
+                        e.index
+                    )));
+                }
+                Ok(e.index)
+            }
+            (None, None) => Err(Status::invalid_argument(
+                "permit: name a permit_no or an entry",
+            )),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
+    async fn reconcile_import_export(
+        &self,
+        req: Request<pb::ReconcileImportExportRequest>,
+    ) -> Result<Response<pb::TradeReconciliation>, Status> {
+        use pb::reconcile_import_export_request::Licence;
+        let r = req.into_inner();
+        let as_of = Self::as_of(r.as_of_ms);
+        let ledger_size: u64;
+        let rec = {
+            let snap = self.ledger.snapshot();
+            // Read after the snapshot: the tree is extended before the views, so every entry
+            // the snapshot shows is below this size.
+            ledger_size = self.ledger.size();
+            let (no, entry) = match r.licence {
+                Some(Licence::PermitNo(n)) => (Some(n), None),
+                Some(Licence::Entry(e)) => (None, Some(e)),
+                None => (None, None),
+            };
+            let e = self.permit_entry(snap.as_ref(), no, entry)?;
+            trade::reconcile(snap.as_ref(), &self.cfg, e, as_of).map_err(status)?
+        };
+        let cited: Vec<u64> = rec
+            .movements
+            .iter()
+            .flat_map(|m| {
+                [
+                    Some(m.entry),
+                    m.clearance.as_ref().map(|c| c.entry),
+                    m.endorsement.as_ref().map(|e| e.entry),
+                ]
+            })
+            .flatten()
+            .chain(rec.exceptions.iter().filter_map(|e| e.counterpart))
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let mut movements = Vec::with_capacity(rec.movements.len());
+        for m in &rec.movements {
+            let c = m.clearance.as_ref();
+            let e = m.endorsement.as_ref();
+            movements.push(pb::TradeMovement {
+                entry: Some(refs.get(m.entry)?),
+                export: m.export,
+                enterprise: m.enterprise.clone(),
+                site: m.site.clone(),
+                substance: m.substance.clone(),
+                lot: m.lot.clone(),
+                declared: m.quantity,
+                at_ms: m.at_ms,
+                country: m.country.clone(),
+                counterparty: m.counterparty.clone(),
+                pen_reference: m.pen_reference.clone(),
+                clearance: c.map(|c| refs.get(c.entry)).transpose()?,
+                declaration_no: c.map_or(String::new(), |c| c.declaration_no.clone()),
+                cleared: c.map_or(0, |c| c.quantity),
+                cleared_ms: c.map_or(0, |c| c.cleared_ms),
+                endorsement: e.map(|e| refs.get(e.entry)).transpose()?,
+                endorsed: e.map_or(0, |e| e.quantity),
+                endorsed_ms: e.map_or(0, |e| e.endorsed_ms),
+                objection: e.is_some_and(|e| e.objection),
+                objection_reason: e.map_or(String::new(), |e| e.objection_reason.clone()),
+            });
+        }
+        let mut exceptions = Vec::with_capacity(rec.exceptions.len());
+        for x in &rec.exceptions {
+            exceptions.push(pb::TradeException {
+                kind: exception_kind(x.kind) as i32,
+                movement: Some(refs.get(x.movement)?),
+                counterpart: x.counterpart.map(|i| refs.get(i)).transpose()?,
+                declared: x.declared,
+                counterpart_quantity: x.counterpart_quantity,
+                detail: x.detail.clone(),
+            });
+        }
+        Ok(Response::new(pb::TradeReconciliation {
+            licensed: rec.licence.permit.ceiling,
+            licence: Some(self.summary_pb(&rec.licence)?),
+            declared: rec.declared,
+            cleared: rec.cleared,
+            endorsed: rec.endorsed,
+            movements,
+            exceptions,
+            as_of_ms: as_of,
+            ledger_size,
+        }))
+    }
+
     async fn reconcile_permit(
         &self,
         req: Request<pb::ReconcilePermitRequest>,
     ) -> Result<Response<pb::PermitReconciliation>, Status> {
         let r = req.into_inner();
         let as_of = Self::as_of(r.as_of_ms);
-        let ledger_size = self.ledger.size();
+        let ledger_size: u64;
         let rec = {
             let snap = self.ledger.snapshot();
-            let issue_entry = match r.permit {
-                Some(pb::reconcile_permit_request::Permit::PermitNo(no)) => {
-                    permits::find(snap.as_ref(), &no)
-                        .map_err(status)?
-                        .ok_or_else(|| {
-                            Status::not_found(format!("permit_no: no permit `{no}` on this ledger"))
-                        })?
-                }
-                Some(pb::reconcile_permit_request::Permit::Entry(e)) => {
-                    if e.origin != self.ledger.origin() {
-                        return Err(Status::invalid_argument(format!(
-                            "entry.origin: `{}` is not this ledger",
-                            e.origin
-                        )));
-                    }
-                    if self.ledger.leaf_hash(e.index).map(|h| h.to_vec()) != Some(e.leaf_hash) {
-                        return Err(Status::not_found(format!(
-                            "entry: no entry {} with that leaf hash",
-                            e.index
-                        )));
-                    }
-                    e.index
-                }
-                None => {
-                    return Err(Status::invalid_argument(
-                        "permit: name a permit_no or an entry",
-                    ))
-                }
+            // Read after the snapshot: the tree is extended before the views, so every entry
+            // the snapshot shows is below this size.
+            ledger_size = self.ledger.size();
+            let (no, entry) = match r.permit {
+                Some(pb::reconcile_permit_request::Permit::PermitNo(n)) => (Some(n), None),
+                Some(pb::reconcile_permit_request::Permit::Entry(e)) => (None, Some(e)),
+                None => (None, None),
             };
+            let issue_entry = self.permit_entry(snap.as_ref(), no, entry)?;
             permits::reconcile(snap.as_ref(), &self.cfg, issue_entry, as_of).map_err(status)?
         };
         let cited: Vec<u64> = rec

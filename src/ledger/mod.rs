@@ -11,6 +11,7 @@
 pub mod error;
 mod permits;
 pub mod rules;
+mod trade;
 pub mod views;
 
 use crate::checkpoint::{sign_checkpoint, Checkpoint, NoteSigner};

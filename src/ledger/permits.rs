@@ -120,6 +120,12 @@ pub fn issue_permit(
         ));
     }
     text("issue_permit.counterparty", &p.counterparty, 256)?;
+    if shape.transport && !p.counterparty.is_empty() {
+        return Err(invalid(
+            "issue_permit.counterparty",
+            "a transport permit names its consignee (and carrier), not a counterparty",
+        ));
+    }
     if !p.counterparty.is_empty() && shape.counterparty_enrolled {
         enrolled(v, "issue_permit.counterparty", &p.counterparty)?;
         if p.counterparty == p.holder {
@@ -317,7 +323,17 @@ pub fn write_off_permit(
             )));
         }
     } else {
-        regulator_covers(signer, &permit.jurisdiction, "write_off_permit.permit")?;
+        // As for revocation: the agency that issues this type for this substance.
+        let t = permit_type(permit.permit_type)
+            .ok_or_else(|| Refusal::internal("stored permit type".into()))?;
+        let s = substance(ctx, "write_off_permit.permit", &permit.substance)?;
+        may_issue(
+            signer,
+            t,
+            Class::of(s),
+            &permit.jurisdiction,
+            "write_off_permit.permit",
+        )?;
     }
     close(
         ctx,
@@ -469,12 +485,18 @@ pub fn check_draw(ctx: &Ctx<'_>, permit: &PermitView, d: &Draw<'_>) -> Result<()
 pub fn apply_draw(
     ctx: &Ctx<'_>,
     v: &mut Views<'_>,
-    mut permit: PermitView,
+    permit: PermitView,
     d: &Draw<'_>,
     shipment: &ShipmentView,
 ) {
+    v.put(key::draw(permit.issue_entry, ctx.index), shipment);
+    put_drawn(ctx, v, permit, d.quantity);
+}
+
+/// The permit with one more draw of `quantity` (closed if single use), written back.
+pub fn put_drawn(ctx: &Ctx<'_>, v: &mut Views<'_>, mut permit: PermitView, quantity: u64) {
     // INVARIANT: check_draw passed, so drawn + quantity <= ceiling (or there is no ceiling).
-    permit.drawn = permit.drawn.saturating_add(d.quantity);
+    permit.drawn = permit.drawn.saturating_add(quantity);
     permit.draws += 1;
     if permit.single_use {
         permit.closed = Some(PermitClosure {
@@ -485,22 +507,27 @@ pub fn apply_draw(
             void: permit.ceiling.saturating_sub(permit.drawn),
         });
     }
-    v.put(key::draw(permit.issue_entry, ctx.index), shipment);
     v.put(key::permit(permit.issue_entry), &permit);
 }
 
-/// The buyer-side permit a sale of `s` from `seller` to `buyer` needs, if any: the row's
-/// permit types, or none when the row needs none or waives it for this buyer.
-pub fn purchase_needs(buyer: &EnterpriseView, s: &Substance, now: u64) -> &'static [PermitType] {
+/// The buyer-side permit a sale of `s` to `buyer` needs, if any: the row's permit types, or
+/// none when the row needs none or waives it for this buyer (a wholesaler: a SELL licence on
+/// its enrolment, or an OPERATING_LICENCE permit for the substance).
+pub fn purchase_needs(
+    v: &Views<'_>,
+    buyer: &EnterpriseView,
+    s: &Substance,
+    now: u64,
+) -> Result<&'static [PermitType], Refusal> {
     let row = regulation::needs(Class::of(s), Movement::Purchase);
-    match row.unless {
+    Ok(match row.unless {
         Unless::BuyerIsWholesaler
-            if super::rules::licensed(buyer, s.category, Activity::Sell, now).is_ok() =>
+            if super::rules::licensed_for(v, buyer, s, Activity::Sell, now).is_ok() =>
         {
             &[]
         }
         _ => row.needs,
-    }
+    })
 }
 
 /// A production or operating licence issued as a permit, valid now, for this substance.

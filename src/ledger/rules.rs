@@ -68,13 +68,18 @@ pub fn allowed_roles(p: &Payload) -> Option<&'static [Role]> {
         | Payload::RegisterKey(_)
         | Payload::RevokeKey(_)
         | Payload::IssuePermit(_)
-        | Payload::RevokePermit(_) => Some(REG),
+        | Payload::RevokePermit(_)
+        | Payload::CustomsClearance(_)
+        | Payload::ForeignEndorsement(_) => Some(REG),
         Payload::WriteOffPermit(_) => {
             Some(&[Role::RootRegulator, Role::Regulator, Role::Enterprise])
         }
-        Payload::Produce(_) | Payload::Ship(_) | Payload::Receive(_) | Payload::StockTake(_) => {
-            Some(ENT)
-        }
+        Payload::Produce(_)
+        | Payload::Ship(_)
+        | Payload::Receive(_)
+        | Payload::StockTake(_)
+        | Payload::Import(_)
+        | Payload::Export(_) => Some(ENT),
         _ => None,
     }
 }
@@ -220,7 +225,11 @@ pub(super) fn substance<'c>(
     })
 }
 
-fn enterprise_of(v: &Views<'_>, key: &KeyInfo, id: &KeyId) -> Result<EnterpriseView, Refusal> {
+pub(super) fn enterprise_of(
+    v: &Views<'_>,
+    key: &KeyInfo,
+    id: &KeyId,
+) -> Result<EnterpriseView, Refusal> {
     v.get::<EnterpriseView>(&key::enterprise(&key.enterprise))
         .map_err(se)?
         .ok_or_else(|| {
@@ -231,7 +240,7 @@ fn enterprise_of(v: &Views<'_>, key: &KeyInfo, id: &KeyId) -> Result<EnterpriseV
         })
 }
 
-fn site(ent: &EnterpriseView, field: &str, site: &str) -> Result<(), Refusal> {
+pub(super) fn site(ent: &EnterpriseView, field: &str, site: &str) -> Result<(), Refusal> {
     ident(field, site)?;
     if !ent.has_site(site) {
         return Err(precondition(
@@ -275,7 +284,7 @@ pub(super) fn licensed(
 }
 
 /// `licensed`, or a production / operating licence issued as a permit for this very substance.
-fn licensed_for(
+pub(super) fn licensed_for(
     v: &Views<'_>,
     ent: &EnterpriseView,
     s: &crate::model::Substance,
@@ -347,6 +356,10 @@ pub fn apply(
         Payload::IssuePermit(p) => permits::issue_permit(ctx, v, signer_id, signer, p),
         Payload::RevokePermit(p) => permits::revoke_permit(ctx, v, signer, p),
         Payload::WriteOffPermit(p) => permits::write_off_permit(ctx, v, signer, p),
+        Payload::CustomsClearance(p) => super::trade::customs_clearance(ctx, v, signer, p),
+        Payload::ForeignEndorsement(p) => super::trade::foreign_endorsement(ctx, v, signer, p),
+        Payload::Import(p) => super::trade::import(ctx, v, signer_id, signer, p),
+        Payload::Export(p) => super::trade::export(ctx, v, signer_id, signer, p),
         Payload::Produce(p) => produce(ctx, v, signer_id, signer, p),
         Payload::Ship(p) => ship(ctx, v, signer_id, signer, p),
         Payload::Receive(p) => receive(ctx, v, signer_id, signer, p),
@@ -820,7 +833,7 @@ fn ship(
     let purchase_needs: &[pb::PermitType] = if same_enterprise {
         &[]
     } else {
-        permits::purchase_needs(&consignee, s, ctx.now_ms)
+        permits::purchase_needs(v, &consignee, s, ctx.now_ms)?
     };
     let transport_needs = crate::model::regulation::needs(
         crate::model::regulation::Class::of(s),

@@ -225,6 +225,49 @@ impl PermitView {
     }
 }
 
+/// Customs' clearance of an import or export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearanceView {
+    pub entry: u64,
+    pub declaration_no: String,
+    pub quantity: u64,
+    pub cleared_ms: u64,
+}
+
+/// The importing country's endorsement of an export, or its objection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndorsementView {
+    pub entry: u64,
+    pub country: String,
+    pub pen_reference: String,
+    pub quantity: u64,
+    pub endorsed_ms: u64,
+    pub objection: bool,
+    pub objection_reason: String,
+    /// When the endorsement reached the ledger.
+    pub at_ms: u64,
+}
+
+/// An import or export, with its counterparts as they arrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovementView {
+    pub entry: u64,
+    pub export: bool,
+    pub enterprise: String,
+    pub site: String,
+    pub substance: String,
+    pub lot: String,
+    pub quantity: u64,
+    pub licence: u64,
+    pub country: String,
+    /// The foreign exporter (imports) or importer (exports).
+    pub counterparty: String,
+    pub pen_reference: String,
+    pub at_ms: u64,
+    pub clearance: Option<ClearanceView>,
+    pub endorsement: Option<EndorsementView>,
+}
+
 /// The latest signed physical count for a holding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountView {
@@ -373,6 +416,14 @@ pub mod key {
     /// `pj/<prefix>` covers a region.
     pub fn permits_of_jurisdiction(code: &str) -> Vec<u8> {
         [b"pj/".as_slice(), code.as_bytes()].concat()
+    }
+    /// An import or export entry: `mv/<entry>` → its `MovementView`.
+    pub fn movement(entry: u64) -> Vec<u8> {
+        [b"mv/".as_slice(), &entry.to_be_bytes()].concat()
+    }
+    /// Movements under a licence: `ml/<licence entry><movement entry>` → ().
+    pub fn licence_movements(licence_entry: u64) -> Vec<u8> {
+        [b"ml/".as_slice(), &licence_entry.to_be_bytes()].concat()
     }
     /// Production and operating licences issued as permits: `pl/<holder>\0<activity>\0<substance>`
     /// → the issue entries.

@@ -237,8 +237,9 @@ pub fn shape(t: PermitType, class: Class) -> Shape {
             t,
             T::PurchaseSealCard | T::ProductionLicence | T::OperatingLicence
         ),
-        // Category 1 transport permits are single use (Order 445 art. 26).
-        single_use_required: t == T::TransportPermit
+        // Category 1 purchase permits and transport permits are single use (Order 445); a
+        // purchase *filing* may be multi-use after a clean record, so filings are not.
+        single_use_required: matches!(t, T::TransportPermit | T::PurchasePermit)
             && matches!(class, Precursor1 | Precursor1Pharma),
         transport,
         counterparty_enrolled: !matches!(t, T::ImportLicence | T::ExportLicence),
@@ -339,6 +340,8 @@ mod tests {
         );
         assert_eq!(issuer(T::PurchaseSealCard, Psychotropic2), None);
         assert!(shape(T::TransportPermit, Precursor1).single_use_required);
+        assert!(shape(T::PurchasePermit, Precursor1Pharma).single_use_required);
+        assert!(!shape(T::PurchaseFiling, Precursor2).single_use_required);
         assert!(!shape(T::TransportPermit, Precursor2).single_use_required);
         assert!(!shape(T::PurchaseSealCard, Narcotic).ceiling_required);
     }

@@ -2163,13 +2163,10 @@ async fn kinds_without_ingest_rules_are_unimplemented_and_named() {
             &["`consume`"],
         ),
         case(
-            "customs_clearance",
-            peek(
-                reg,
-                Payload::CustomsClearance(pb::CustomsClearance::default()),
-            ),
+            "transport_leg",
+            peek(p, Payload::TransportLeg(pb::TransportLeg::default())),
             Code::Unimplemented,
-            &["`customs_clearance`"],
+            &["`transport_leg`"],
         ),
         case(
             "destroy",
@@ -2182,12 +2179,6 @@ async fn kinds_without_ingest_rules_are_unimplemented_and_named() {
             peek(p, Payload::LossReport(pb::LossReport::default())),
             Code::Unimplemented,
             &["`loss_report`"],
-        ),
-        case(
-            "export",
-            peek(p, Payload::Export(pb::Export::default())),
-            Code::Unimplemented,
-            &["`export`"],
         ),
         case(
             "correction",

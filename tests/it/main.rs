@@ -7,5 +7,7 @@ mod cli;
 mod crash;
 mod ingest;
 mod offline;
+mod permits;
 mod pipeline;
 mod storage;
+mod trade;
