@@ -265,3 +265,130 @@ pub fn list(
     }
     Ok((out, truncated))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyId;
+    use crate::ledger::views::{encode, ReceivedView};
+    use crate::store::{MemoryViews, ViewStore};
+
+    fn permit(drawn: u64, received: u64, draws: u32) -> PermitView {
+        PermitView {
+            issue_entry: 5,
+            permit_no: "P-1".into(),
+            permit_type: crate::pb::PermitType::PurchaseFiling as i32,
+            issuer: KeyId([1; 16]),
+            jurisdiction: "440305".into(),
+            holder: "B".into(),
+            counterparty: String::new(),
+            substance: "67-64-1".into(),
+            ceiling: 1_000,
+            not_before_ms: 0,
+            not_after_ms: 1_000_000,
+            single_use: false,
+            origin_site: String::new(),
+            destination_site: String::new(),
+            consignee: String::new(),
+            carrier: String::new(),
+            issued_at_ms: 0,
+            drawn,
+            draws,
+            received,
+            closed: None,
+        }
+    }
+
+    fn shipment(entry: u64, quantity: u64, received: Option<u64>) -> ShipmentView {
+        ShipmentView {
+            ship_entry: entry,
+            from_enterprise: "S".into(),
+            from_site: "s".into(),
+            to_enterprise: "B".into(),
+            to_site: "b".into(),
+            substance: "67-64-1".into(),
+            lot: "L".into(),
+            quantity,
+            shipped_at_ms: 100,
+            expected_delivery_ms: 0,
+            received: received.map(|q| ReceivedView {
+                receive_entry: entry + 1,
+                site: "b".into(),
+                lot: "L".into(),
+                quantity: q,
+                at_ms: 200,
+            }),
+            permits: vec![5],
+        }
+    }
+
+    fn store(p: &PermitView, rows: &[ShipmentView]) -> MemoryViews {
+        let v = MemoryViews::default();
+        let mut batch = vec![(key::permit(5), Some(encode(p)))];
+        for s in rows {
+            batch.push((key::draw(5, s.ship_entry), Some(encode(s))));
+        }
+        v.apply(batch).unwrap();
+        v
+    }
+
+    /// The ledger refuses a receipt larger than its shipment, so this can only come from views
+    /// that no longer match the log: the reconciliation must still say so.
+    #[test]
+    fn a_buyer_side_larger_than_the_seller_side_is_reported() {
+        let rows = [shipment(10, 100, Some(120))];
+        let v = store(&permit(100, 120, 1), &rows);
+        let r = reconcile(v.snapshot().as_ref(), &AuditConfig::default(), 5, 300).unwrap();
+        let kinds: Vec<_> = r.mismatches.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, vec![MismatchKind::ReceivedWithoutShipment]);
+        assert_eq!(r.mismatches[0].shipped, 100);
+        assert_eq!(r.mismatches[0].received, 120);
+    }
+
+    #[test]
+    fn totals_that_disagree_with_the_draw_downs_are_an_error_not_an_answer() {
+        let rows = [shipment(10, 100, None), shipment(20, 50, None)];
+        // The permit says 100 drawn in one draw; its rows say 150 in two.
+        let v = store(&permit(100, 0, 1), &rows);
+        let e = reconcile(v.snapshot().as_ref(), &AuditConfig::default(), 5, 300).unwrap_err();
+        assert!(e.message.contains("reindex"), "{}", e.message);
+    }
+
+    #[test]
+    fn every_draw_status_and_deadline() {
+        let cfg = AuditConfig {
+            receipt_deadline_ms: 1_000,
+            ..AuditConfig::default()
+        };
+        let mut late = shipment(40, 10, Some(10));
+        late.expected_delivery_ms = 150; // received at 200
+        let rows = [
+            shipment(10, 10, Some(10)),
+            shipment(20, 10, Some(7)),
+            shipment(30, 10, None),
+            late,
+        ];
+        let v = store(&permit(40, 27, 4), &rows);
+        // At 500: shipment 30 left at 100, deadline 1,100: in transit.
+        let r = reconcile(v.snapshot().as_ref(), &cfg, 5, 500).unwrap();
+        let st: Vec<_> = r.draw_downs.iter().map(|d| d.status).collect();
+        use DrawStatus::*;
+        assert_eq!(st, vec![Received, Short, InTransit, Received]);
+        assert_eq!(r.draw_downs[2].deadline_ms, 1_100);
+        assert_eq!(r.draw_downs[3].deadline_ms, 150);
+        let kinds: Vec<_> = r.mismatches.iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![MismatchKind::QuantityGap, MismatchKind::ReceivedLate]
+        );
+        // At 2,000 it is overdue.
+        let r = reconcile(v.snapshot().as_ref(), &cfg, 5, 2_000).unwrap();
+        assert_eq!(r.draw_downs[2].status, Overdue);
+        assert!(r
+            .mismatches
+            .iter()
+            .any(|m| m.kind == MismatchKind::NotReceived && m.ship_entry == Some(30)));
+        assert_eq!(r.summary.remaining, 960);
+        assert_eq!(r.summary.state, PermitState::PartiallyUsed);
+    }
+}
