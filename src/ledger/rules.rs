@@ -305,6 +305,69 @@ pub(super) fn licensed_for(
     }
 }
 
+/// What every movement of goods at one of the signer's sites states: the enterprise, the site,
+/// the substance, the quantity (> 0) and the lot, each checked; `kind` names the fields.
+pub(super) struct Moved<'c> {
+    pub ent: EnterpriseView,
+    pub substance: &'c crate::model::Substance,
+    pub quantity: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn moved<'c>(
+    ctx: &Ctx<'c>,
+    v: &Views<'_>,
+    id: &KeyId,
+    signer: &KeyInfo,
+    kind: &str,
+    site_id: &str,
+    substance_id: &str,
+    q: Option<&pb::Quantity>,
+    lot: &str,
+) -> Result<Moved<'c>, Refusal> {
+    let ent = enterprise_of(v, signer, id)?;
+    site(&ent, &format!("{kind}.site_id"), site_id)?;
+    let s = substance(ctx, &format!("{kind}.substance"), substance_id)?;
+    let quantity = quantity(&format!("{kind}.quantity"), q, s, false)?;
+    ident(&format!("{kind}.lot"), lot)?;
+    Ok(Moved {
+        ent,
+        substance: s,
+        quantity,
+    })
+}
+
+/// A lot id that must be new (a lot comes into existence here).
+pub(super) fn new_lot(v: &Views<'_>, field: &str, lot: &str) -> Result<(), Refusal> {
+    if let Some(l) = v.get::<LotView>(&key::lot(lot)).map_err(se)? {
+        return Err(Refusal::already_exists(format!(
+            "{field}: lot `{lot}` already exists (created by entry {})",
+            l.created_by_entry
+        )));
+    }
+    Ok(())
+}
+
+/// An existing lot of substance `s`.
+pub(super) fn lot_of(
+    v: &Views<'_>,
+    field: &str,
+    lot: &str,
+    s: &crate::model::Substance,
+) -> Result<LotView, Refusal> {
+    let l = v
+        .get::<LotView>(&key::lot(lot))
+        .map_err(se)?
+        .ok_or_else(|| precondition(field, format!("lot `{lot}` does not exist")))?;
+    if l.substance != s.id {
+        return Err(precondition(
+            field,
+            format!("lot `{lot}` is {}, not {}", l.substance, s.id),
+        ));
+    }
+    Ok(l)
+}
+
 /// Resolves a reference to an entry of this ledger.
 pub fn entry_ref(ctx: &Ctx<'_>, field: &str, r: Option<&pb::EntryRef>) -> Result<u64, Refusal> {
     let r = r.ok_or_else(|| invalid(field, "is required"))?;
@@ -734,18 +797,23 @@ fn produce(
     signer: &KeyInfo,
     p: &pb::Produce,
 ) -> Result<(), Refusal> {
-    let ent = enterprise_of(v, signer, id)?;
-    site(&ent, "produce.site_id", &p.site_id)?;
-    let s = substance(ctx, "produce.substance", &p.substance)?;
-    let q = quantity("produce.quantity", p.quantity.as_ref(), s, false)?;
-    ident("produce.lot", &p.lot)?;
+    let Moved {
+        ent,
+        substance: s,
+        quantity: q,
+    } = moved(
+        ctx,
+        v,
+        id,
+        signer,
+        "produce",
+        &p.site_id,
+        &p.substance,
+        p.quantity.as_ref(),
+        &p.lot,
+    )?;
     licensed_for(v, &ent, s, Activity::Produce, ctx.now_ms)?;
-    if let Some(lot) = v.get::<LotView>(&key::lot(&p.lot)).map_err(se)? {
-        return Err(Refusal::already_exists(format!(
-            "produce.lot: lot `{}` already exists (created by entry {})",
-            p.lot, lot.created_by_entry
-        )));
-    }
+    new_lot(v, "produce.lot", &p.lot)?;
     let h = Holding {
         enterprise: &ent.credit_code,
         site: &p.site_id,
@@ -776,21 +844,22 @@ fn ship(
     signer: &KeyInfo,
     p: &pb::Ship,
 ) -> Result<(), Refusal> {
-    let ent = enterprise_of(v, signer, id)?;
-    site(&ent, "ship.site_id", &p.site_id)?;
-    let s = substance(ctx, "ship.substance", &p.substance)?;
-    let q = quantity("ship.quantity", p.quantity.as_ref(), s, false)?;
-    ident("ship.lot", &p.lot)?;
-    let lot = v
-        .get::<LotView>(&key::lot(&p.lot))
-        .map_err(se)?
-        .ok_or_else(|| precondition("ship.lot", format!("lot `{}` does not exist", p.lot)))?;
-    if lot.substance != s.id {
-        return Err(precondition(
-            "ship.lot",
-            format!("lot `{}` is {}, not {}", p.lot, lot.substance, s.id),
-        ));
-    }
+    let Moved {
+        ent,
+        substance: s,
+        quantity: q,
+    } = moved(
+        ctx,
+        v,
+        id,
+        signer,
+        "ship",
+        &p.site_id,
+        &p.substance,
+        p.quantity.as_ref(),
+        &p.lot,
+    )?;
+    lot_of(v, "ship.lot", &p.lot, s)?;
     let same_enterprise = p.consignee == ent.credit_code;
     if !same_enterprise {
         payment_method("ship.payment_method", &p.payment_method)?;

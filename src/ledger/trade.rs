@@ -6,8 +6,8 @@
 use super::error::Refusal;
 use super::permits::{self, Draw};
 use super::rules::{
-    enterprise_of, entry_ref, ident, invalid, licensed_for, precondition, quantity,
-    regulator_covers, se, site, substance, text, Ctx,
+    entry_ref, ident, invalid, licensed_for, lot_of, moved, new_lot, precondition, quantity,
+    regulator_covers, se, substance, text, Ctx, Moved,
 };
 use super::views::*;
 use crate::crypto::KeyId;
@@ -41,20 +41,25 @@ pub fn import(
     signer: &KeyInfo,
     p: &pb::Import,
 ) -> Result<(), Refusal> {
-    let ent = enterprise_of(v, signer, id)?;
-    site(&ent, "import.site_id", &p.site_id)?;
-    let s = substance(ctx, "import.substance", &p.substance)?;
-    let q = quantity("import.quantity", p.quantity.as_ref(), s, false)?;
-    ident("import.lot", &p.lot)?;
+    let Moved {
+        ent,
+        substance: s,
+        quantity: q,
+    } = moved(
+        ctx,
+        v,
+        id,
+        signer,
+        "import",
+        &p.site_id,
+        &p.substance,
+        p.quantity.as_ref(),
+        &p.lot,
+    )?;
     country("import.country", &p.country)?;
     party("import.exporter", &p.exporter)?;
     licensed_for(v, &ent, s, Activity::Import, ctx.now_ms)?;
-    if let Some(lot) = v.get::<LotView>(&key::lot(&p.lot)).map_err(se)? {
-        return Err(Refusal::already_exists(format!(
-            "import.lot: lot `{}` already exists (created by entry {})",
-            p.lot, lot.created_by_entry
-        )));
-    }
+    new_lot(v, "import.lot", &p.lot)?;
     let licence = permits::cited(ctx, v, "import.licence", p.licence.as_ref())?;
     permits::check_draw(
         ctx,
@@ -121,11 +126,21 @@ pub fn export(
     signer: &KeyInfo,
     p: &pb::Export,
 ) -> Result<(), Refusal> {
-    let ent = enterprise_of(v, signer, id)?;
-    site(&ent, "export.site_id", &p.site_id)?;
-    let s = substance(ctx, "export.substance", &p.substance)?;
-    let q = quantity("export.quantity", p.quantity.as_ref(), s, false)?;
-    ident("export.lot", &p.lot)?;
+    let Moved {
+        ent,
+        substance: s,
+        quantity: q,
+    } = moved(
+        ctx,
+        v,
+        id,
+        signer,
+        "export",
+        &p.site_id,
+        &p.substance,
+        p.quantity.as_ref(),
+        &p.lot,
+    )?;
     country("export.country", &p.country)?;
     party("export.importer", &p.importer)?;
     ident("export.pen_reference", &p.pen_reference).map_err(|_| {
@@ -134,16 +149,7 @@ pub fn export(
             "an export cites its pre-export notification (PEN)",
         )
     })?;
-    let lot = v
-        .get::<LotView>(&key::lot(&p.lot))
-        .map_err(se)?
-        .ok_or_else(|| precondition("export.lot", format!("lot `{}` does not exist", p.lot)))?;
-    if lot.substance != s.id {
-        return Err(precondition(
-            "export.lot",
-            format!("lot `{}` is {}, not {}", p.lot, lot.substance, s.id),
-        ));
-    }
+    lot_of(v, "export.lot", &p.lot, s)?;
     licensed_for(v, &ent, s, Activity::Export, ctx.now_ms)?;
     let licence = permits::cited(ctx, v, "export.licence", p.licence.as_ref())?;
     permits::check_draw(
