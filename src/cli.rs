@@ -834,12 +834,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     };
     // A refused record: a shipment larger than the buyer's permit allows.
     // (Signed at the key's next position without advancing it: the ledger will not take it.)
-    let body = taizhang::codec::encode_body(&p.body(ship_eph(20_000_000), now_ms()));
-    let refused = pb::SignedRecord {
-        signature: crypto::sign_record(p.key(), &body).to_vec(),
-        body,
-        cosignatures: vec![],
-    };
+    let refused = p.sign_detached(ship_eph(20_000_000), now_ms());
     let over = client
         .submit(pb::SubmitRequest {
             record: Some(refused),

@@ -112,12 +112,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 .await
                 .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
                 .into_inner();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", trade_text(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            show(json, &r, trade_text)
         }
         AuditCmd::Permit {
             id,
@@ -138,12 +133,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 .await
                 .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
                 .into_inner();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", reconciliation_text(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            show(json, &r, reconciliation_text)
         }
         AuditCmd::Permits {
             holder,
@@ -178,14 +168,19 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 .await
                 .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
                 .into_inner();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", list_text(&r));
-            }
-            Ok(ExitCode::SUCCESS)
+            show(json, &r, list_text)
         }
     }
+}
+
+/// Prints an answer as JSON (proto3 mapping) or as the readable text `text` makes of it.
+fn show<T: serde::Serialize>(json: bool, r: &T, text: fn(&T) -> String) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        print!("{}", text(r));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// 12345678 → "12,345,678".

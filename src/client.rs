@@ -65,6 +65,17 @@ impl RecordSigner {
         self.sign_bytes(body, &[])
     }
 
+    /// Signs the next record without advancing the chain: for a record that may be refused
+    /// (a refused record takes no seq, so the next one must reuse it).
+    pub fn sign_detached(&self, payload: Payload, client_time_ms: u64) -> pb::SignedRecord {
+        let body = codec::encode_body(&self.body(payload, client_time_ms));
+        pb::SignedRecord {
+            signature: crypto::sign_record(&self.key, &body).to_vec(),
+            body,
+            cosignatures: vec![],
+        }
+    }
+
     /// Signs given body bytes (which must carry this signer's next seq and prev), with
     /// cosignatures by `cosigners`, and advances the chain.
     pub fn sign_bytes(&mut self, body: Vec<u8>, cosigners: &[&SigningKey]) -> pb::SignedRecord {

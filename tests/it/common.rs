@@ -418,6 +418,12 @@ pub fn sign_raw(key: &SigningKey, body: &pb::RecordBody) -> pb::SignedRecord {
     }
 }
 
+/// Signs `payload` at the signer's next position without advancing it (for records expected
+/// to be refused).
+pub fn peek(s: &RecordSigner, payload: Payload) -> pb::SignedRecord {
+    s.sign_detached(payload, now())
+}
+
 /// Path of the built `taizhang` binary.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_taizhang"))

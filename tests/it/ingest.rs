@@ -226,11 +226,6 @@ fn signer_of(r: &pb::SignedRecord) -> Option<KeyId> {
     KeyId::from_slice("signer", &body.signer).ok()
 }
 
-/// Signs `payload` at the signer's current chain position without advancing it.
-fn peek(s: &RecordSigner, payload: Payload) -> pb::SignedRecord {
-    sign_raw(s.key(), &s.body(payload, now()))
-}
-
 /// Signs the signer's next body after `edit` has changed it, without advancing the signer.
 fn tweak(
     s: &RecordSigner,

@@ -484,11 +484,6 @@ impl H {
     }
 }
 
-/// Signs `payload` at the signer's current chain position without advancing it.
-fn peek(s: &RecordSigner, payload: Payload) -> pb::SignedRecord {
-    sign_raw(s.key(), &s.body(payload, now()))
-}
-
 /// Moves a signer past a record it signed with [`peek`] that the ledger accepted.
 fn commit(s: &mut RecordSigner, accepted: &pb::SignedRecord) {
     let next = s.next_seq() + 1;

@@ -165,10 +165,6 @@ fn endorsement(
     })
 }
 
-fn peek(s: &RecordSigner, p: Payload) -> pb::SignedRecord {
-    sign_raw(s.key(), &s.body(p, now()))
-}
-
 fn kinds(r: &pb::TradeReconciliation) -> Vec<(pb::TradeExceptionKind, u64)> {
     r.exceptions
         .iter()
