@@ -97,6 +97,7 @@ async fn run(entries: usize, calls: usize) {
         ledger_key: SigningKey::from_bytes(&[0x4c; 32]),
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
+        two_person: taizhang::ledger::default_two_person(),
     };
     let (ledger, _) = Ledger::open(cfg).unwrap();
     let mut reg = RecordSigner::new(regulator, ORIGIN);

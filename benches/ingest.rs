@@ -137,6 +137,7 @@ async fn run(n: usize) {
         ledger_key,
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
+        two_person: taizhang::ledger::default_two_person(),
     };
     let (ledger, _) = Ledger::open(cfg).unwrap();
     let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();

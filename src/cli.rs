@@ -300,6 +300,7 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
         ledger_key: read_secret(&ledger_key)?,
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: ledger::DEFAULT_SEGMENT_BYTES,
+        two_person: ledger::default_two_person(),
     })
 }
 
@@ -654,6 +655,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         ledger_key: ledger_key.clone(),
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: ledger::DEFAULT_SEGMENT_BYTES,
+        two_person: ledger::default_two_person(),
     };
     let (ledger, _) = Ledger::open(cfg).map_err(|e| anyhow!("{e}"))?;
     let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await?;

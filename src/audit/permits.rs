@@ -317,7 +317,10 @@ mod tests {
                 lot: "L".into(),
                 quantity: q,
                 at_ms: 200,
+                corrected_by: vec![],
             }),
+            carrier: String::new(),
+            legs: vec![],
             permits: vec![5],
         }
     }

@@ -8,9 +8,11 @@
 //! frames → the group's view changes in one sled batch → a new signed checkpoint → receipts.
 //! A receipt is never sent before the fdatasync that makes its entry durable.
 
+mod custody;
 pub mod error;
 mod permits;
 pub mod rules;
+mod stock;
 mod trade;
 pub mod views;
 
@@ -50,6 +52,18 @@ pub struct Config {
     pub ledger_key: SigningKey,
     pub catalogue: Arc<Catalogue>,
     pub max_segment_bytes: u64,
+    /// Categories (`Category` values) whose stock-in and stock-out records need a second
+    /// person's co-signature (双人双锁); see [`DEFAULT_TWO_PERSON`].
+    pub two_person: Vec<i32>,
+}
+
+/// Two-person control by default: narcotics and class I psychotropics.
+pub const DEFAULT_TWO_PERSON: &[pb::Category] =
+    &[pb::Category::Narcotic, pb::Category::Psychotropic1];
+
+/// [`DEFAULT_TWO_PERSON`] as `Config::two_person` values.
+pub fn default_two_person() -> Vec<i32> {
+    DEFAULT_TWO_PERSON.iter().map(|c| *c as i32).collect()
 }
 
 /// What a caller gets for an accepted record.
@@ -163,6 +177,8 @@ struct Shared {
     in_flight: Mutex<VecDeque<Arc<InFlight>>>,
     /// Byte budget of the writer's queue.
     queue_budget: Arc<tokio::sync::Semaphore>,
+    /// Categories under two-person control.
+    two_person: Vec<i32>,
     /// Held for the ledger's lifetime: one process per data dir.
     _lock: Option<std::fs::File>,
 }
@@ -512,6 +528,7 @@ impl Ledger {
             size_tx,
             poisoned: RwLock::new(None),
             in_flight: Mutex::new(VecDeque::new()),
+            two_person: cfg.two_person.clone(),
             _lock: lock,
             queue_budget: Arc::new(tokio::sync::Semaphore::new(
                 QUEUE_BUDGET_BYTES / BUDGET_UNIT,
@@ -970,12 +987,15 @@ impl Replay<'_> {
                 .clone()
                 .ok_or_else(|| dl("no genesis before it".into()))?;
             let leaf_hash = |i: u64| self.tree.leaf(i);
+            let cosigners: Vec<KeyId> = leaf.cosignatures.iter().map(|c| c.key_id).collect();
             let ctx = rules::Ctx {
                 origin: &genesis.origin,
                 catalogue: &self.catalogue,
                 index,
                 now_ms: leaf.integrated_time_ms,
                 leaf_hash: &leaf_hash,
+                cosigners: &cosigners,
+                two_person: None,
             };
             let key: KeyInfo = self
                 .pending
@@ -1843,12 +1863,15 @@ fn admit(
             shared.read.read().ok()?.tree.leaf(i)
         }
     };
+    let cosigners: Vec<KeyId> = p.cosignatures.iter().map(|c| c.key_id).collect();
     let ctx = rules::Ctx {
         origin: &shared.genesis.origin,
         catalogue: &shared.catalogue,
         index,
         now_ms: now,
         leaf_hash: &pending_hash,
+        cosigners: &cosigners,
+        two_person: Some(&shared.two_person),
     };
     admit_rules(
         &ctx,

@@ -5,8 +5,10 @@
 //! refused record leaves the views exactly as they were. Time is the ledger's integrated time of
 //! the entry, never the client's clock.
 
+use super::custody;
 use super::error::Refusal;
 use super::permits::{self, Draw};
+use super::stock::{self, Change};
 use super::views::*;
 use crate::crypto::{parse_public_key, KeyId};
 use crate::merkle::Hash;
@@ -26,6 +28,11 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// Leaf hash of an existing entry (`index` < this entry's index).
     pub leaf_hash: &'a dyn Fn(u64) -> Option<Hash>,
+    /// Keys that cosigned the record (their signatures are checked before the rules run).
+    pub cosigners: &'a [KeyId],
+    /// Categories under two-person control (`Category` values), checked at ingest; `None` at
+    /// replay, where an admission policy is not re-applied to history (like signatures).
+    pub two_person: Option<&'a [i32]>,
 }
 
 /// The name of a payload kind, as used in messages.
@@ -77,10 +84,16 @@ pub fn allowed_roles(p: &Payload) -> Option<&'static [Role]> {
         Payload::Produce(_)
         | Payload::Ship(_)
         | Payload::Receive(_)
+        | Payload::TransportLeg(_)
         | Payload::StockTake(_)
         | Payload::Import(_)
-        | Payload::Export(_) => Some(ENT),
-        _ => None,
+        | Payload::Export(_)
+        | Payload::Consume(_)
+        | Payload::Destroy(_)
+        | Payload::LossReport(_)
+        | Payload::Correction(_) => Some(ENT),
+        Payload::Inspection(_) => Some(&[Role::Inspector]),
+        Payload::CatalogueUpdate(_) => None,
     }
 }
 
@@ -427,6 +440,12 @@ pub fn apply(
         Payload::Ship(p) => ship(ctx, v, signer_id, signer, p),
         Payload::Receive(p) => receive(ctx, v, signer_id, signer, p),
         Payload::StockTake(p) => stock_take(ctx, v, signer_id, signer, p),
+        Payload::TransportLeg(p) => custody::transport_leg(ctx, v, signer_id, signer, p),
+        Payload::Consume(p) => custody::consume(ctx, v, signer_id, signer, p),
+        Payload::Destroy(p) => custody::destroy(ctx, v, signer_id, signer, p),
+        Payload::LossReport(p) => custody::loss_report(ctx, v, signer_id, signer, p),
+        Payload::Correction(p) => custody::correction(ctx, v, signer_id, signer, p),
+        Payload::Inspection(p) => custody::inspection(ctx, v, signer, p),
         other => Err(Refusal::unimplemented(format!(
             "body.payload: `{}` records have no ingest rules yet",
             kind_name(other)
@@ -814,16 +833,24 @@ fn produce(
     )?;
     licensed_for(v, &ent, s, Activity::Produce, ctx.now_ms)?;
     new_lot(v, "produce.lot", &p.lot)?;
+    custody::two_person(ctx, v, signer, s, "produce")?;
     let h = Holding {
         enterprise: &ent.credit_code,
         site: &p.site_id,
         substance: &s.id,
         lot: &p.lot,
     };
-    let bal = v.balance(&h).map_err(se)?;
-    let new = bal
-        .checked_add(q)
-        .ok_or_else(|| precondition("produce.quantity.amount", "book stock would overflow u64"))?;
+    let posting = stock::prepare(
+        ctx,
+        v,
+        &h,
+        Change::Move {
+            term: Term::Produced,
+            quantity: q,
+            shipment: None,
+        },
+        "produce.quantity.amount",
+    )?;
     v.put(
         key::lot(&p.lot),
         &LotView {
@@ -833,7 +860,8 @@ fn produce(
             derived_from: None,
         },
     );
-    v.put(key::balance(&h), &new);
+    posting.write(v);
+    custody::posted(ctx, v, "produce", Term::Produced, &h, q);
     Ok(())
 }
 
@@ -860,6 +888,7 @@ fn ship(
         &p.lot,
     )?;
     lot_of(v, "ship.lot", &p.lot, s)?;
+    custody::two_person(ctx, v, signer, s, "ship")?;
     let same_enterprise = p.consignee == ent.credit_code;
     if !same_enterprise {
         payment_method("ship.payment_method", &p.payment_method)?;
@@ -1023,13 +1052,17 @@ fn ship(
         substance: &s.id,
         lot: &p.lot,
     };
-    let bal = v.balance(&h).map_err(se)?;
-    let Some(new) = bal.checked_sub(q) else {
-        return Err(precondition(
-            "ship.quantity.amount",
-            format!("{q} exceeds book stock {bal} of lot `{}` at site `{}`; book stock may not go negative", p.lot, p.site_id),
-        ));
-    };
+    let posting = stock::prepare(
+        ctx,
+        v,
+        &h,
+        Change::Move {
+            term: Term::Shipped,
+            quantity: q,
+            shipment: Some(ctx.index),
+        },
+        "ship.quantity.amount",
+    )?;
     let shipment = ShipmentView {
         ship_entry: ctx.index,
         from_enterprise: ent.credit_code.clone(),
@@ -1042,9 +1075,27 @@ fn ship(
         shipped_at_ms: ctx.now_ms,
         expected_delivery_ms: p.expected_delivery_ms,
         received: None,
+        carrier: p.carrier.clone(),
+        legs: Vec::new(),
         permits: draws.iter().map(|(d, _)| d.issue_entry).collect(),
     };
-    v.put(key::balance(&h), &new);
+    posting.write(v);
+    v.put_raw(
+        [
+            key::shipments_from(&shipment.from_enterprise),
+            ctx.index.to_be_bytes().to_vec(),
+        ]
+        .concat(),
+        Vec::new(),
+    );
+    v.put_raw(
+        [
+            key::shipments_to(&shipment.to_enterprise),
+            ctx.index.to_be_bytes().to_vec(),
+        ]
+        .concat(),
+        Vec::new(),
+    );
     for (permit, draw) in draws {
         permits::apply_draw(ctx, v, permit, &draw, &shipment);
     }
@@ -1129,6 +1180,7 @@ fn receive(
         ));
     }
     let s = substance(ctx, "receive.substance", &shipment.substance)?;
+    custody::two_person(ctx, v, signer, s, "receive")?;
     let q = quantity("receive.quantity", p.quantity.as_ref(), s, false)?;
     if q > shipment.quantity {
         return Err(precondition(
@@ -1182,10 +1234,17 @@ fn receive(
         substance: &s.id,
         lot: &lot_id,
     };
-    let bal = v.balance(&h).map_err(se)?;
-    let new = bal
-        .checked_add(q)
-        .ok_or_else(|| precondition("receive.quantity.amount", "book stock would overflow u64"))?;
+    let posting = stock::prepare(
+        ctx,
+        v,
+        &h,
+        Change::Move {
+            term: Term::Received,
+            quantity: q,
+            shipment: Some(ship_index),
+        },
+        "receive.quantity.amount",
+    )?;
     // Each permit the shipment drew on learns what its buyer side received.
     let mut permits_received = Vec::new();
     for &i in &shipment.permits {
@@ -1201,13 +1260,14 @@ fn receive(
     if let Some(l) = new_lot {
         v.put(key::lot(&lot_id), &l);
     }
-    v.put(key::balance(&h), &new);
+    posting.write(v);
     shipment.received = Some(ReceivedView {
         receive_entry: ctx.index,
         site: p.site_id.clone(),
         lot: lot_id.clone(),
         quantity: q,
         at_ms: ctx.now_ms,
+        corrected_by: Vec::new(),
     });
     for permit in permits_received {
         v.put(key::draw(permit.issue_entry, ship_index), &shipment);
@@ -1232,42 +1292,6 @@ fn stock_take(
             "must count at least one substance × lot",
         ));
     }
-    if p.counts.len() > 1000 {
-        return Err(invalid(
-            "stock_take.counts",
-            "at most 1000 counts per record",
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    let mut writes = Vec::new();
-    for (i, c) in p.counts.iter().enumerate() {
-        let f = format!("stock_take.counts[{i}]");
-        let s = substance(ctx, &format!("{f}.substance"), &c.substance)?;
-        let q = quantity(&format!("{f}.quantity"), c.quantity.as_ref(), s, true)?;
-        ident(&format!("{f}.lot"), &c.lot)?;
-        if !seen.insert((c.substance.clone(), c.lot.clone())) {
-            return Err(invalid(
-                &f,
-                format!("{} lot `{}` counted twice", c.substance, c.lot),
-            ));
-        }
-        let h = Holding {
-            enterprise: &ent.credit_code,
-            site: &p.site_id,
-            substance: &s.id,
-            lot: &c.lot,
-        };
-        writes.push((
-            key::count(&h),
-            CountView {
-                quantity: q,
-                entry: ctx.index,
-                at_ms: ctx.now_ms,
-            },
-        ));
-    }
-    for (k, c) in writes {
-        v.put(k, &c);
-    }
-    Ok(())
+    let counts = custody::checked_counts(ctx, "stock_take.counts", &p.counts)?;
+    stock::count(ctx, v, &ent.credit_code, &p.site_id, &counts, false)
 }

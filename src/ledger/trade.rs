@@ -9,6 +9,7 @@ use super::rules::{
     entry_ref, ident, invalid, licensed_for, lot_of, moved, new_lot, precondition, quantity,
     regulator_covers, se, substance, text, Ctx, Moved,
 };
+use super::stock::{self, Change};
 use super::views::*;
 use crate::crypto::KeyId;
 use crate::model::regulation::{self, Class, Movement};
@@ -60,6 +61,7 @@ pub fn import(
     party("import.exporter", &p.exporter)?;
     licensed_for(v, &ent, s, Activity::Import, ctx.now_ms)?;
     new_lot(v, "import.lot", &p.lot)?;
+    super::custody::two_person(ctx, v, signer, s, "import")?;
     let licence = permits::cited(ctx, v, "import.licence", p.licence.as_ref())?;
     permits::check_draw(
         ctx,
@@ -80,10 +82,17 @@ pub fn import(
         substance: &s.id,
         lot: &p.lot,
     };
-    let bal = v.balance(&h).map_err(se)?;
-    let new = bal
-        .checked_add(q)
-        .ok_or_else(|| precondition("import.quantity.amount", "book stock would overflow u64"))?;
+    let posting = stock::prepare(
+        ctx,
+        v,
+        &h,
+        Change::Move {
+            term: Term::Imported,
+            quantity: q,
+            shipment: None,
+        },
+        "import.quantity.amount",
+    )?;
     let licence_entry = licence.issue_entry;
     v.put(
         key::lot(&p.lot),
@@ -94,7 +103,7 @@ pub fn import(
             derived_from: None,
         },
     );
-    v.put(key::balance(&h), &new);
+    posting.write(v);
     permits::put_drawn(ctx, v, licence, q);
     put_movement(
         ctx,
@@ -150,6 +159,7 @@ pub fn export(
         )
     })?;
     lot_of(v, "export.lot", &p.lot, s)?;
+    super::custody::two_person(ctx, v, signer, s, "export")?;
     licensed_for(v, &ent, s, Activity::Export, ctx.now_ms)?;
     let licence = permits::cited(ctx, v, "export.licence", p.licence.as_ref())?;
     permits::check_draw(
@@ -171,18 +181,19 @@ pub fn export(
         substance: &s.id,
         lot: &p.lot,
     };
-    let bal = v.balance(&h).map_err(se)?;
-    let Some(new) = bal.checked_sub(q) else {
-        return Err(precondition(
-            "export.quantity.amount",
-            format!(
-                "{q} exceeds book stock {bal} of lot `{}` at site `{}`; book stock may not go negative",
-                p.lot, p.site_id
-            ),
-        ));
-    };
+    let posting = stock::prepare(
+        ctx,
+        v,
+        &h,
+        Change::Move {
+            term: Term::Exported,
+            quantity: q,
+            shipment: None,
+        },
+        "export.quantity.amount",
+    )?;
     let licence_entry = licence.issue_entry;
-    v.put(key::balance(&h), &new);
+    posting.write(v);
     permits::put_drawn(ctx, v, licence, q);
     put_movement(
         ctx,

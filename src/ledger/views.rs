@@ -6,6 +6,7 @@
 //! to become durable the overlay is dropped and nothing derived changed.
 
 use crate::crypto::KeyId;
+use crate::pb;
 use crate::store::{Location, Position, StoreError, ViewBatch, ViewStore};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,7 +20,7 @@ pub const META_GENESIS: &[u8] = b"meta/genesis";
 pub const META_FORMAT: &[u8] = b"meta/format";
 /// The views' format: 2 = entry index blocks of fixed-width entries; 3 = permits, shipments
 /// that name the permits they drew on.
-pub const VIEW_FORMAT: u32 = 3;
+pub const VIEW_FORMAT: u32 = 4;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,10 @@ pub struct ShipmentView {
     pub shipped_at_ms: u64,
     pub expected_delivery_ms: u64,
     pub received: Option<ReceivedView>,
+    /// The carrier named by the shipment ("" for none).
+    pub carrier: String,
+    /// The carrier's pickup, handovers and delivery, in order.
+    pub legs: Vec<LegView>,
     /// IssuePermit entries this shipment drew on (the buyer's permit, the transport permit).
     pub permits: Vec<u64>,
 }
@@ -120,6 +125,8 @@ pub struct ReceivedView {
     pub lot: String,
     pub quantity: u64,
     pub at_ms: u64,
+    /// Corrections of the receipt, oldest first (`quantity` is the latest's).
+    pub corrected_by: Vec<u64>,
 }
 
 /// How a permit was closed before it ran out.
@@ -268,6 +275,190 @@ pub struct MovementView {
     pub endorsement: Option<EndorsementView>,
 }
 
+impl ShipmentView {
+    /// Who holds the goods in transit now: the last handover's next carrier, else the named
+    /// carrier.
+    pub fn custodian(&self) -> &str {
+        self.legs
+            .iter()
+            .rev()
+            .find(|l| l.kind == pb::LegKind::Handover as i32)
+            .map_or(self.carrier.as_str(), |l| l.next_carrier.as_str())
+    }
+}
+
+/// A carrier's record of a shipment changing hands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegView {
+    pub entry: u64,
+    /// `LegKind`.
+    pub kind: i32,
+    /// The carrier that signed it.
+    pub carrier: String,
+    pub location: String,
+    pub seals: Vec<String>,
+    pub next_carrier: String,
+    pub at_ms: u64,
+    /// The seals differ from the pickup's (a seal was broken or replaced in transit).
+    pub seals_changed: bool,
+}
+
+/// A mass-balance term: what moves quantity into or out of a holding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Term {
+    Produced,
+    Received,
+    Imported,
+    /// A count's variance accepted into the books by a correction (a surplus).
+    AdjustedIn,
+    Shipped,
+    Exported,
+    Consumed,
+    Destroyed,
+    Lost,
+    /// A count's variance accepted into the books by a correction (a shortfall).
+    AdjustedOut,
+}
+
+impl Term {
+    pub const ALL: [Term; 10] = [
+        Term::Produced,
+        Term::Received,
+        Term::Imported,
+        Term::AdjustedIn,
+        Term::Shipped,
+        Term::Exported,
+        Term::Consumed,
+        Term::Destroyed,
+        Term::Lost,
+        Term::AdjustedOut,
+    ];
+    /// Whether the term adds to the holding.
+    pub fn inflow(self) -> bool {
+        matches!(
+            self,
+            Term::Produced | Term::Received | Term::Imported | Term::AdjustedIn
+        )
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Term::Produced => "produced",
+            Term::Received => "received",
+            Term::Imported => "imported",
+            Term::AdjustedIn => "adjusted_in",
+            Term::Shipped => "shipped",
+            Term::Exported => "exported",
+            Term::Consumed => "consumed",
+            Term::Destroyed => "destroyed",
+            Term::Lost => "lost",
+            Term::AdjustedOut => "adjusted_out",
+        }
+    }
+}
+
+/// Running totals of every term of a holding since it began. A journal row carries the totals
+/// after its entry, so the terms over any period are differences of two rows. Lifetime totals
+/// are u128 (a holding's stock, their difference, fits u64).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals(pub [u128; 10]);
+
+impl Totals {
+    pub fn get(&self, t: Term) -> u128 {
+        self.0[t as usize]
+    }
+    pub fn get_mut(&mut self, t: Term) -> &mut u128 {
+        &mut self.0[t as usize]
+    }
+    /// Everything in minus everything out (never negative: ingest refuses what would make it so).
+    pub fn balance(&self) -> i128 {
+        Term::ALL
+            .iter()
+            .map(|&t| {
+                let q = self.get(t) as i128;
+                if t.inflow() {
+                    q
+                } else {
+                    -q
+                }
+            })
+            .sum()
+    }
+}
+
+/// What one entry did to a holding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// A movement: `quantity` added to `term`; `shipment` is the Ship entry for a shipment or a
+    /// receipt.
+    Move {
+        term: Term,
+        quantity: u64,
+        shipment: Option<u64>,
+    },
+    /// A correction of entry `corrects`: `term` changed by `delta`.
+    Correct {
+        term: Term,
+        corrects: u64,
+        delta: i64,
+    },
+    /// A signed physical count (by the enterprise, or by an inspector) and the book at that
+    /// moment.
+    Count {
+        counted: u64,
+        book: u64,
+        inspector: bool,
+    },
+}
+
+/// A row of a holding's journal (`j/`, per lot, and `js/`, per substance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRow {
+    pub entry: u64,
+    pub at_ms: u64,
+    pub lot: String,
+    pub event: Event,
+    /// The holding's totals after this row.
+    pub totals: Totals,
+}
+
+/// A movement entry that a `Correction` may amend: where it posted and what it now counts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedView {
+    /// The payload kind (`produce`, `consume`, `destroy`, `loss_report`).
+    pub kind: String,
+    pub term: Term,
+    pub enterprise: String,
+    pub site: String,
+    pub substance: String,
+    pub lot: String,
+    /// The quantity in force: the original, or the latest correction's.
+    pub quantity: u64,
+    pub at_ms: u64,
+    /// Correction entries, oldest first.
+    pub corrected_by: Vec<u64>,
+}
+
+/// A count entry (StockTake, Inspection): per substance, what was counted against the book.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedView {
+    pub enterprise: String,
+    pub site: String,
+    pub at_ms: u64,
+    pub inspector: bool,
+    /// (substance, lot, counted, book of the lot).
+    pub lots: Vec<(String, String, u64, u64)>,
+    /// The correction that accepted this count's variances into the books.
+    pub accepted_by: Option<u64>,
+}
+
+/// A loss report's particulars, for loss finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossView {
+    /// `LossKind`.
+    pub kind: i32,
+    pub police_report_ref: String,
+}
+
 /// The latest signed physical count for a holding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountView {
@@ -354,6 +545,29 @@ fn holding_key(prefix: &[u8], h: &Holding<'_>) -> Vec<u8> {
     k
 }
 
+/// A site × substance of an enterprise (the sum over its lots).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stock<'a> {
+    pub enterprise: &'a str,
+    pub site: &'a str,
+    pub substance: &'a str,
+}
+
+fn stock_key(prefix: &[u8], s: &Stock<'_>) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for part in [s.enterprise, s.site, s.substance] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+fn timed(mut k: Vec<u8>, at_ms: u64, entry: u64) -> Vec<u8> {
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&entry.to_be_bytes());
+    k
+}
+
 /// Per-record indexes (entry locations, a key's seq → entry) are packed in blocks of this many,
 /// so a record costs the view store no write of its own for them; blocks are fixed by index, so
 /// a reindex writes exactly the same keys and values.
@@ -386,6 +600,65 @@ pub mod key {
     }
     pub fn count(h: &Holding<'_>) -> Vec<u8> {
         holding_key(b"c/", h)
+    }
+    /// A site × substance's running totals (over all lots).
+    pub fn stock(s: &Stock<'_>) -> Vec<u8> {
+        stock_key(b"bs/", s)
+    }
+    /// A lot holding's journal: `j/<holding><at_ms><entry>` → `JournalRow`.
+    pub fn journal(h: &Holding<'_>) -> Vec<u8> {
+        holding_key(b"j/", h)
+    }
+    pub fn journal_row(h: &Holding<'_>, at_ms: u64, entry: u64) -> Vec<u8> {
+        timed(journal(h), at_ms, entry)
+    }
+    /// A site × substance's journal: `js/<stock><at_ms><entry>` → `JournalRow`.
+    pub fn stock_journal(s: &Stock<'_>) -> Vec<u8> {
+        stock_key(b"js/", s)
+    }
+    pub fn stock_journal_row(s: &Stock<'_>, at_ms: u64, entry: u64) -> Vec<u8> {
+        timed(stock_journal(s), at_ms, entry)
+    }
+    /// Where a lot is held: `lh/<lot>\0<enterprise>\0<site>\0` → ().
+    pub fn lot_holdings(lot: &str) -> Vec<u8> {
+        [b"lh/".as_slice(), lot.as_bytes(), b"\0"].concat()
+    }
+    pub fn lot_holding(lot: &str, enterprise: &str, site: &str) -> Vec<u8> {
+        [
+            lot_holdings(lot).as_slice(),
+            enterprise.as_bytes(),
+            b"\0",
+            site.as_bytes(),
+            b"\0",
+        ]
+        .concat()
+    }
+    /// Stocks of an enterprise: `es/<enterprise>\0<site>\0<substance>\0` → ().
+    pub fn enterprise_stocks(enterprise: &str) -> Vec<u8> {
+        [b"es/".as_slice(), enterprise.as_bytes(), b"\0"].concat()
+    }
+    pub fn enterprise_stock(s: &Stock<'_>) -> Vec<u8> {
+        stock_key(b"es/", s)
+    }
+    /// A correctable movement: `po/<entry>` → `PostedView`.
+    pub fn posted(entry: u64) -> Vec<u8> {
+        [b"po/".as_slice(), &entry.to_be_bytes()].concat()
+    }
+    /// A count entry: `ct/<entry>` → `CountedView`.
+    pub fn counted(entry: u64) -> Vec<u8> {
+        [b"ct/".as_slice(), &entry.to_be_bytes()].concat()
+    }
+    /// A loss report: `lr/<entry>` → `LossView`.
+    pub fn loss(entry: u64) -> Vec<u8> {
+        [b"lr/".as_slice(), &entry.to_be_bytes()].concat()
+    }
+    /// Shipments by sender and receiver: `sf/<enterprise>\0<ship>`, `st/<enterprise>\0<ship>`
+    /// → ().
+    pub fn shipments_from(enterprise: &str) -> Vec<u8> {
+        [b"sf/".as_slice(), enterprise.as_bytes(), b"\0"].concat()
+    }
+    pub fn shipments_to(enterprise: &str) -> Vec<u8> {
+        [b"st/".as_slice(), enterprise.as_bytes(), b"\0"].concat()
     }
     /// A permit issued by an `IssuePermit` entry.
     pub fn permit(issue_entry: u64) -> Vec<u8> {
@@ -590,8 +863,14 @@ impl<'s> Views<'s> {
         Ok(())
     }
 
+    /// A lot holding's running totals.
+    pub fn totals(&self, h: &Holding<'_>) -> Result<Totals, StoreError> {
+        Ok(self.get::<Totals>(&key::balance(h))?.unwrap_or_default())
+    }
+
+    /// A lot holding's book stock.
     pub fn balance(&self, h: &Holding<'_>) -> Result<u64, StoreError> {
-        Ok(self.get::<u64>(&key::balance(h))?.unwrap_or(0))
+        Ok(self.totals(h)?.balance() as u64)
     }
 }
 

@@ -42,6 +42,10 @@ pub trait ViewStore: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All keys with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError>;
+    /// See [`ViewRead::range`]. The default scans the common prefix; engines override it.
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        Ok(r.select(self.scan_prefix(r.common_prefix())?))
+    }
     /// Applies a batch atomically.
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
     /// Removes everything.
@@ -66,6 +70,78 @@ pub trait ViewRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// All keys with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError>;
+    /// At most `r.limit` keys in `[r.start, r.end)`, in key order or (with `r.reverse`) from the
+    /// end: a journal read is a seek, not a scan of everything under a prefix.
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        Ok(r.select(self.scan_prefix(r.common_prefix())?))
+    }
+}
+
+/// A bounded key range read: `[start, end)`, at most `limit` pairs, forward or from the end.
+#[derive(Debug, Clone, Copy)]
+pub struct Range<'a> {
+    pub start: &'a [u8],
+    pub end: &'a [u8],
+    pub limit: usize,
+    pub reverse: bool,
+}
+
+impl<'a> Range<'a> {
+    pub fn forward(start: &'a [u8], end: &'a [u8], limit: usize) -> Self {
+        Range {
+            start,
+            end,
+            limit,
+            reverse: false,
+        }
+    }
+    pub fn backward(start: &'a [u8], end: &'a [u8], limit: usize) -> Self {
+        Range {
+            start,
+            end,
+            limit,
+            reverse: true,
+        }
+    }
+    /// Whether `k` lies in `[start, end)`.
+    pub fn contains(&self, k: &[u8]) -> bool {
+        k >= self.start && k < self.end
+    }
+    /// The longest prefix `start` and `end` share (every key of the range has it).
+    pub fn common_prefix(&self) -> &'a [u8] {
+        let n = self
+            .start
+            .iter()
+            .zip(self.end)
+            .take_while(|(a, b)| a == b)
+            .count();
+        &self.start[..n]
+    }
+    /// The pairs of `sorted` (in key order) that this range selects.
+    pub fn select(&self, sorted: ViewPairs) -> ViewPairs {
+        let inside = sorted.into_iter().filter(|(k, _)| self.contains(k));
+        if self.reverse {
+            let mut v: ViewPairs = inside.collect();
+            v.reverse();
+            v.truncate(self.limit);
+            v
+        } else {
+            inside.take(self.limit).collect()
+        }
+    }
+}
+
+/// The least key greater than every key that starts with `prefix` (`None`: no such key, the
+/// prefix is all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 struct Direct<'a, S: ViewStore + ?Sized>(&'a S);
@@ -76,6 +152,9 @@ impl<S: ViewStore + ?Sized> ViewRead for Direct<'_, S> {
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
         self.0.scan_prefix(prefix)
+    }
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        self.0.range(r)
     }
 }
 
@@ -107,6 +186,22 @@ impl ViewStore for MemoryViews {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        let m = self
+            .map
+            .lock()
+            .map_err(|_| StoreError::Views("poisoned".into()))?;
+        if r.start >= r.end {
+            return Ok(vec![]);
+        }
+        let it = m.range(r.start.to_vec()..r.end.to_vec());
+        let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if r.reverse {
+            it.rev().take(r.limit).map(pair).collect()
+        } else {
+            it.take(r.limit).map(pair).collect()
+        })
     }
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut m = self
@@ -219,6 +314,20 @@ impl ViewStore for SledViews {
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err))
             .collect()
+    }
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        if r.start >= r.end {
+            return Ok(vec![]);
+        }
+        let it = self.tree.range(r.start..r.end);
+        let pair = |x: sled::Result<(sled::IVec, sled::IVec)>| {
+            x.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_err)
+        };
+        if r.reverse {
+            it.rev().take(r.limit).map(pair).collect()
+        } else {
+            it.take(r.limit).map(pair).collect()
+        }
     }
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();

@@ -14,7 +14,7 @@
 //! while it holds the gate, so the writer's reads never wait behind sled's lock (the writer
 //! hands the gate over fairly between groups).
 
-use super::{ReadGate, StoreError, ViewBatch, ViewPairs, ViewRead, ViewStore};
+use super::{Range, ReadGate, StoreError, ViewBatch, ViewPairs, ViewRead, ViewStore};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -233,6 +233,9 @@ impl ViewStore for WriteBack {
         self.flush()?;
         self.inner.scan_prefix(prefix)
     }
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        self.snapshot().range(r)
+    }
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         {
             let mut l = self.layers.write().map_err(poisoned)?;
@@ -315,6 +318,41 @@ impl ViewRead for Snapshot<'_> {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .collect())
+    }
+    fn range(&self, r: &Range<'_>) -> Result<ViewPairs, StoreError> {
+        let layers = self.layers.as_ref().map_err(Clone::clone)?;
+        if r.start >= r.end {
+            return Ok(vec![]);
+        }
+        // The layers may delete keys the store holds: read past the limit by as many keys as
+        // the layers hold in the range, then merge and cut.
+        fn in_layer<'l>(
+            l: &'l Overlay,
+            r: &'l Range<'_>,
+        ) -> impl Iterator<Item = (&'l Vec<u8>, &'l Option<Vec<u8>>)> {
+            l.iter().filter(|(k, _)| r.contains(k))
+        }
+        let extra: usize = layers.iter().map(|l| in_layer(l, r).count()).sum();
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .inner
+            .range(&Range {
+                limit: r.limit.saturating_add(extra),
+                ..*r
+            })?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for l in layers {
+            for (k, v) in in_layer(l, r) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+        Ok(if r.reverse {
+            live.rev().take(r.limit).collect()
+        } else {
+            live.take(r.limit).collect()
+        })
     }
 }
 

@@ -46,6 +46,7 @@ pub fn config(dir: &Path) -> Config {
         ledger_key: ledger_key(),
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
+        two_person: taizhang::ledger::default_two_person(),
     }
 }
 
@@ -64,6 +65,17 @@ impl Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let mut s = Server::start_in(&dir).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server whose ledger puts no category under two-person control (for suites about
+    /// other rules; `custody.rs` tests the control itself).
+    pub async fn start_single_person() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(&tmp.path().join("data"));
+        cfg.two_person = vec![];
+        let mut s = Server::start_with(cfg).await;
         s._tmp = Some(tmp);
         s
     }

@@ -162,9 +162,9 @@ impl Harness {
         };
         self.server
             .ledger
-            .view::<u64>(&key::balance(&h))
+            .view::<taizhang::ledger::views::Totals>(&key::balance(&h))
             .expect("view")
-            .unwrap_or(0)
+            .map_or(0, |t| t.balance() as u64)
     }
 }
 
@@ -2140,81 +2140,45 @@ async fn stock_take_rules_refuse_bad_counts_and_accept_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinds_without_ingest_rules_are_unimplemented_and_named() {
     let mut h = Harness::start().await;
-    let (p, reg) = (&h.w.p, &h.w.reg);
-    let cases = vec![
-        case(
-            "consume",
-            peek(
-                p,
-                Payload::Consume(pb::Consume {
-                    site_id: "plant-1".into(),
-                    substance: EPHEDRINE.into(),
-                    lot: "E-1".into(),
-                    quantity: Some(mg(1)),
-                    purpose: "order 1".into(),
-                }),
-            ),
-            Code::Unimplemented,
-            &["`consume`"],
+    let reg = &h.w.reg;
+    let cases = vec![case(
+        "catalogue_update",
+        peek(
+            reg,
+            Payload::CatalogueUpdate(pb::CatalogueUpdate::default()),
         ),
-        case(
-            "transport_leg",
-            peek(p, Payload::TransportLeg(pb::TransportLeg::default())),
-            Code::Unimplemented,
-            &["`transport_leg`"],
-        ),
-        case(
-            "destroy",
-            peek(p, Payload::Destroy(pb::Destroy::default())),
-            Code::Unimplemented,
-            &["`destroy`"],
-        ),
-        case(
-            "loss_report",
-            peek(p, Payload::LossReport(pb::LossReport::default())),
-            Code::Unimplemented,
-            &["`loss_report`"],
-        ),
-        case(
-            "correction",
-            peek(p, Payload::Correction(pb::Correction::default())),
-            Code::Unimplemented,
-            &["`correction`"],
-        ),
-        case(
-            "inspection",
-            peek(p, Payload::Inspection(pb::Inspection::default())),
-            Code::Unimplemented,
-            &["`inspection`"],
-        ),
-        case(
-            "catalogue_update",
-            peek(
-                reg,
-                Payload::CatalogueUpdate(pb::CatalogueUpdate::default()),
-            ),
-            Code::Unimplemented,
-            &["`catalogue_update`"],
-        ),
-    ];
+        Code::Unimplemented,
+        &["`catalogue_update`"],
+    )];
     h.refuse_all(cases).await;
 }
 
-/// Book stock is per enterprise × site × substance × lot and a new lot starts at zero, so
-/// `produce` can never overflow; merging a received shipment into an existing lot can.
+/// Book stock is kept per lot and per site × substance, each within u64: a produce or a receipt
+/// that would take either past u64 is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_that_would_overflow_book_stock_is_refused() {
     let mut h = Harness::start().await;
     let buyer = h.w.buyer.clone();
-    for (lot, q) in [("MAX", u64::MAX), ("ONE", 1)] {
-        let r = h.w.p.sign(produce("plant-1", ACETONE, lot, q), now());
-        h.accept(r).await;
-    }
+    let r =
+        h.w.p
+            .sign(produce("plant-1", ACETONE, "MAX", u64::MAX), now());
+    h.accept(r).await;
+    // A second lot at the same site would take the site's acetone past u64.
+    let r = peek(&h.w.p, produce("plant-1", ACETONE, "ONE", 1));
+    h.refuse(
+        "site total u64::MAX + 1",
+        r,
+        Code::FailedPrecondition,
+        &["produce.quantity.amount", "overflow", "plant-1"],
+    )
+    .await;
     let r = h
         .permitted(ship("plant-1", ACETONE, "MAX", u64::MAX, &buyer, "wh-1"))
         .await;
     let r = h.w.p.sign(r, now());
     let ship_max = h.accept(r).await;
+    let r = h.w.p.sign(produce("plant-1", ACETONE, "ONE", 1), now());
+    h.accept(r).await;
     let r = h
         .permitted(ship("plant-1", ACETONE, "ONE", 1, &buyer, "wh-1"))
         .await;
@@ -2246,10 +2210,16 @@ async fn receive_that_would_overflow_book_stock_is_refused() {
         &["receive.lot", "belongs to"],
     )
     .await;
-    // The same shipment into its own lot is fine.
-    let r = h.w.b.sign(receive(&ship_one, "wh-1", 1), now());
-    h.accept(r).await;
-    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "ONE"), 1);
+    // Into a lot of its own, the site's acetone still overflows.
+    let r = peek(&h.w.b, receive(&ship_one, "wh-1", 1));
+    h.refuse(
+        "site total u64::MAX + 1",
+        r,
+        Code::FailedPrecondition,
+        &["receive.quantity.amount", "overflow", "wh-1"],
+    )
+    .await;
+    assert_eq!(h.balance(&buyer, "wh-1", ACETONE, "ONE"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2573,13 +2543,12 @@ impl Books {
             .iter()
             .filter(|(k, _)| k.starts_with(b"b/"))
             .map(|(k, _)| {
-                u128::from(
-                    h.server
-                        .ledger
-                        .view::<u64>(k)
-                        .expect("view")
-                        .expect("balance"),
-                )
+                h.server
+                    .ledger
+                    .view::<taizhang::ledger::views::Totals>(k)
+                    .expect("view")
+                    .expect("balance")
+                    .balance() as u128
             })
             .sum();
         assert_eq!(
