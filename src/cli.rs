@@ -42,17 +42,8 @@ enum Cmd {
         ledger: LedgerArgs,
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
-        /// Audits count a shipment without an expected delivery time as overdue this many
-        /// hours after it left.
-        #[arg(long, default_value_t = 168)]
-        receipt_deadline_hours: u64,
-        /// Trade checks flag an import or export customs has not cleared after this many days.
-        #[arg(long, default_value_t = 30)]
-        clearance_deadline_days: u64,
-        /// Trade checks flag an export the importing country has not endorsed after this many
-        /// days.
-        #[arg(long, default_value_t = 90)]
-        endorsement_deadline_days: u64,
+        #[command(flatten)]
+        audit: AuditArgs,
     },
     /// Sign and submit records described in a JSON or TOML file.
     Submit {
@@ -129,7 +120,78 @@ enum VerifyCmd {
 }
 
 #[derive(clap::Args, Clone)]
+struct AuditArgs {
+    /// Audits count a shipment without an expected delivery time as overdue this many
+    /// hours after it left.
+    #[arg(long, default_value_t = 168)]
+    receipt_deadline_hours: u64,
+    /// Trade checks flag an import or export customs has not cleared after this many days.
+    #[arg(long, default_value_t = 30)]
+    clearance_deadline_days: u64,
+    /// Trade checks flag an export the importing country has not endorsed after this many
+    /// days.
+    #[arg(long, default_value_t = 90)]
+    endorsement_deadline_days: u64,
+    /// A measurement band for a substance, SUBSTANCE=PPM (parts per million of the book);
+    /// repeatable. Without one a substance has no tolerance.
+    #[arg(long = "tolerance", value_parser = parse_tolerance)]
+    tolerance: Vec<(String, u32)>,
+    /// Loss finding reports a pattern when this many gaps or shortfalls share a receiver,
+    /// route, carrier or site.
+    #[arg(long, default_value_t = 3)]
+    pattern_min_events: usize,
+}
+
+impl AuditArgs {
+    fn config(&self) -> taizhang::audit::AuditConfig {
+        taizhang::audit::AuditConfig {
+            receipt_deadline_ms: self.receipt_deadline_hours.saturating_mul(3_600_000),
+            clearance_deadline_ms: self.clearance_deadline_days.saturating_mul(86_400_000),
+            endorsement_deadline_ms: self.endorsement_deadline_days.saturating_mul(86_400_000),
+            tolerance_ppm: self.tolerance.iter().cloned().collect(),
+            pattern_min_events: self.pattern_min_events,
+        }
+    }
+}
+
+fn parse_tolerance(s: &str) -> std::result::Result<(String, u32), String> {
+    let (substance, ppm) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected SUBSTANCE=PPM"))?;
+    let ppm: u32 = ppm
+        .parse()
+        .map_err(|e| format!("`{s}`: PPM must be a whole number: {e}"))?;
+    if ppm > 1_000_000 {
+        return Err(format!("`{s}`: PPM is at most 1000000"));
+    }
+    Ok((substance.to_string(), ppm))
+}
+
+fn parse_category(s: &str) -> std::result::Result<i32, String> {
+    let up = s.trim().to_uppercase();
+    let name = if up.starts_with("CATEGORY_") {
+        up
+    } else {
+        format!("CATEGORY_{up}")
+    };
+    pb::Category::from_str_name(&name)
+        .filter(|c| *c != pb::Category::Unspecified)
+        .map(|c| c as i32)
+        .ok_or_else(|| {
+            format!("`{s}` is not a category (e.g. NARCOTIC, PSYCHOTROPIC_1, PRECURSOR_1)")
+        })
+}
+
+#[derive(clap::Args, Clone)]
 struct LedgerArgs {
+    /// Categories whose stock-in and stock-out records need a second person's co-signature
+    /// (双人双锁); `none` for no category.
+    #[arg(
+        long = "two-person",
+        value_delimiter = ',',
+        default_value = "NARCOTIC,PSYCHOTROPIC_1"
+    )]
+    two_person: Vec<String>,
     #[arg(long)]
     data: PathBuf,
     /// TOML config: origin, ledger_key, [[root_regulators]] (public_key, name, agency, jurisdiction).
@@ -174,18 +236,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Serve {
             ledger,
             listen,
-            receipt_deadline_hours,
-            clearance_deadline_days,
-            endorsement_deadline_days,
-        } => serve(
-            ledger,
-            &listen,
-            taizhang::audit::AuditConfig {
-                receipt_deadline_ms: receipt_deadline_hours.saturating_mul(3_600_000),
-                clearance_deadline_ms: clearance_deadline_days.saturating_mul(86_400_000),
-                endorsement_deadline_ms: endorsement_deadline_days.saturating_mul(86_400_000),
-            },
-        ),
+            audit,
+        } => serve(ledger, &listen, audit.config()),
         Cmd::Submit {
             file,
             key,
@@ -300,8 +352,18 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
         ledger_key: read_secret(&ledger_key)?,
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: ledger::DEFAULT_SEGMENT_BYTES,
-        two_person: ledger::default_two_person(),
+        two_person: two_person(&a.two_person)?,
     })
+}
+
+fn two_person(names: &[String]) -> Result<Vec<i32>> {
+    if names.len() == 1 && names[0].eq_ignore_ascii_case("none") {
+        return Ok(vec![]);
+    }
+    names
+        .iter()
+        .map(|n| parse_category(n).map_err(|e| anyhow!("--two-person: {e}")))
+        .collect()
 }
 
 fn serve(a: LedgerArgs, listen: &str, audit: taizhang::audit::AuditConfig) -> Result<ExitCode> {

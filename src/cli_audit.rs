@@ -55,6 +55,75 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mass balance (账物相符) of a site × substance (× lot) over a period, against the latest
+    /// signed count in it.
+    Balance {
+        /// Credit code of the enterprise.
+        #[arg(long)]
+        enterprise: String,
+        #[arg(long)]
+        site: String,
+        /// Substance id (CAS number or catalogue id).
+        #[arg(long)]
+        substance: String,
+        /// One lot; all lots of the substance at the site without it.
+        #[arg(long)]
+        lot: Option<String>,
+        /// Period start, ms since the epoch (default: the beginning).
+        #[arg(long, default_value_t = 0)]
+        from_ms: u64,
+        /// Period end (exclusive), ms since the epoch (default: now).
+        #[arg(long, default_value_t = 0)]
+        to_ms: u64,
+        /// Rows listed behind the terms (at most 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The custody graph of a lot: where it went and where it came from. Writes DOT and SVG
+    /// pictures with --dot / --svg.
+    Trace {
+        lot: String,
+        /// both, forward or backward.
+        #[arg(long, default_value = "both")]
+        direction: String,
+        #[arg(long, default_value_t = 10_000)]
+        max_edges: u32,
+        /// Write the Graphviz DOT rendering here.
+        #[arg(long)]
+        dot: Option<std::path::PathBuf>,
+        /// Write the SVG flow diagram here.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every point where quantity went missing, ranked by category and quantity, with the entries
+    /// that prove each; repeated patterns.
+    Losses {
+        #[arg(long, conflicts_with_all = ["lot", "jurisdiction"], required_unless_present_any = ["lot", "jurisdiction"])]
+        enterprise: Option<String>,
+        #[arg(long, conflicts_with = "jurisdiction")]
+        lot: Option<String>,
+        /// Administrative division code or prefix.
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        from_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        to_ms: u64,
+        #[arg(long)]
+        as_of_ms: Option<u64>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn client(server: &str) -> Result<AuditClient<tonic::transport::Channel>> {
@@ -170,7 +239,337 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 .into_inner();
             show(json, &r, list_text)
         }
+        AuditCmd::Balance {
+            enterprise,
+            site,
+            substance,
+            lot,
+            from_ms,
+            to_ms,
+            limit,
+            server,
+            json,
+        } => {
+            let r = client(&server)
+                .await?
+                .mass_balance(pb::MassBalanceRequest {
+                    enterprise,
+                    site,
+                    substance,
+                    lot: lot.unwrap_or_default(),
+                    from_ms,
+                    to_ms,
+                    limit,
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            show(json, &r, balance_text)
+        }
+        AuditCmd::Trace {
+            lot,
+            direction,
+            max_edges,
+            dot,
+            svg,
+            server,
+            json,
+        } => {
+            let direction = match direction.as_str() {
+                "both" => pb::TraceDirection::Both,
+                "forward" => pb::TraceDirection::Forward,
+                "backward" => pb::TraceDirection::Backward,
+                d => bail!("--direction {d}: expected both, forward or backward"),
+            };
+            let r = client(&server)
+                .await?
+                .trace_lot(pb::TraceLotRequest {
+                    lot,
+                    direction: direction as i32,
+                    max_edges,
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            for (path, body) in [(&dot, &r.dot), (&svg, &r.svg)] {
+                if let Some(p) = path {
+                    std::fs::write(p, body).with_context(|| format!("writing {}", p.display()))?;
+                }
+            }
+            show(json, &r, trace_text)
+        }
+        AuditCmd::Losses {
+            enterprise,
+            lot,
+            jurisdiction,
+            from_ms,
+            to_ms,
+            as_of_ms,
+            server,
+            json,
+        } => {
+            use pb::find_losses_request::Scope;
+            let scope = match (enterprise, lot, jurisdiction) {
+                (Some(e), _, _) => Scope::Enterprise(e),
+                (None, Some(l), _) => Scope::Lot(l),
+                (None, None, Some(j)) => Scope::Jurisdiction(j),
+                _ => bail!("name --enterprise, --lot or --jurisdiction"),
+            };
+            let r = client(&server)
+                .await?
+                .find_losses(pb::FindLossesRequest {
+                    scope: Some(scope),
+                    from_ms,
+                    to_ms,
+                    as_of_ms: as_of_ms.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            show(json, &r, losses_text)
+        }
     }
+}
+
+fn signed(q: i64) -> String {
+    if q < 0 {
+        format!("−{}", thousands(q.unsigned_abs()))
+    } else {
+        thousands(q as u64)
+    }
+}
+
+pub fn balance_text(r: &pb::MassBalanceResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let Some(q) = &r.query else {
+        return o;
+    };
+    let u = unit(r.unit);
+    let _ = writeln!(
+        o,
+        "Mass balance 账物相符 — {} site {} · {}{}",
+        q.enterprise,
+        q.site,
+        q.substance,
+        if q.lot.is_empty() {
+            " (all lots)".to_string()
+        } else {
+            format!(" lot {}", q.lot)
+        }
+    );
+    let _ = writeln!(o, "  period       {} … {}", when(q.from_ms), when(q.to_ms));
+    let _ = writeln!(o, "  opening      {:>16} {u}", thousands(r.opening));
+    for t in &r.terms {
+        if t.quantity == 0 {
+            continue;
+        }
+        let name = pb::BalanceTerm::try_from(t.term)
+            .map(|t| enum_name(t.as_str_name(), "BALANCE_TERM_"))
+            .unwrap_or_default();
+        let inflow = matches!(
+            pb::BalanceTerm::try_from(t.term),
+            Ok(pb::BalanceTerm::Produced
+                | pb::BalanceTerm::Received
+                | pb::BalanceTerm::Imported
+                | pb::BalanceTerm::AdjustedIn)
+        );
+        let _ = writeln!(
+            o,
+            "  {} {name:<11}{:>16} {u}",
+            if inflow { "+" } else { "−" },
+            signed(t.quantity)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  = expected   {:>16} {u}",
+        thousands(r.expected_closing)
+    );
+    match &r.count {
+        Some(c) => {
+            let _ =
+                writeln!(
+                o,
+                "  count        {:>16} {u} by {} at {} (entry {}), book then {}: variance {} {u}",
+                thousands(c.counted),
+                if c.inspector { "an inspector" } else { "the enterprise" },
+                when(c.at_ms),
+                cite(&c.entry),
+                thousands(c.book),
+                signed(c.variance)
+            );
+            if r.after_count != 0 {
+                let _ = writeln!(o, "  after count  {:>16} {u} moved", signed(r.after_count));
+            }
+        }
+        None => {
+            let _ = writeln!(o, "  count        none in the period");
+        }
+    }
+    let status = pb::BalanceStatus::try_from(r.status)
+        .map(|s| enum_name(s.as_str_name(), "BALANCE_STATUS_").to_uppercase())
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "  status       {status} (tolerance {} {u})",
+        thousands(r.tolerance)
+    );
+    if !r.postings.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n  {:<22} {:<14} {:<12} {:>14}  at",
+            "entry", "term", "lot", "quantity"
+        );
+        for p in &r.postings {
+            let name = pb::BalanceTerm::try_from(p.term)
+                .map(|t| enum_name(t.as_str_name(), "BALANCE_TERM_"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  {:<22} {:<14} {:<12} {:>14}  {}{}",
+                cite(&p.entry),
+                name,
+                p.lot,
+                signed(p.quantity),
+                when(p.at_ms),
+                match &p.corrects {
+                    Some(c) => format!("  corrects {}", c.index),
+                    None => String::new(),
+                }
+            );
+        }
+        if r.truncated {
+            let _ = writeln!(o, "  … more rows (raise --limit)");
+        }
+    }
+    o
+}
+
+pub fn trace_text(r: &pb::TraceLotResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let u = unit(r.unit);
+    let _ = writeln!(
+        o,
+        "Custody of lot {} ({}) — {} holdings, {} shipments; lots followed: {}",
+        r.lot,
+        r.substance,
+        r.nodes.len(),
+        r.edges.len(),
+        r.lots.join(", ")
+    );
+    for (i, n) in r.nodes.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "  [{i}] {} {} site {} — lots {}; on hand {} {u}{}{}{}{}",
+            n.enterprise,
+            n.name,
+            n.site,
+            n.lots.join(","),
+            thousands(n.on_hand),
+            if n.consumed > 0 {
+                format!("; consumed {}", thousands(n.consumed))
+            } else {
+                String::new()
+            },
+            if n.destroyed > 0 {
+                format!("; destroyed {}", thousands(n.destroyed))
+            } else {
+                String::new()
+            },
+            if n.lost > 0 {
+                format!("; LOST {}", thousands(n.lost))
+            } else {
+                String::new()
+            },
+            if n.exported > 0 {
+                format!("; exported {}", thousands(n.exported))
+            } else {
+                String::new()
+            },
+        );
+    }
+    for e in &r.edges {
+        let _ = writeln!(
+            o,
+            "  [{}] → [{}] ship {} lot {}: shipped {} {u}, {}{}",
+            e.from,
+            e.to,
+            cite(&e.ship),
+            e.lot,
+            thousands(e.shipped),
+            match &e.receive {
+                Some(rv) => format!("received {} (entry {})", thousands(e.received), rv.index),
+                None => "not received".into(),
+            },
+            if e.missing > 0 {
+                format!(" — MISSING {} {u}", thousands(e.missing))
+            } else {
+                String::new()
+            }
+        );
+    }
+    if r.truncated {
+        let _ = writeln!(o, "  … cut at the edge limit (raise --max-edges)");
+    }
+    o
+}
+
+pub fn losses_text(r: &pb::FindLossesResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Losses 流失 — {} found, judged at {}",
+        r.losses.len(),
+        when(r.as_of_ms)
+    );
+    for l in &r.losses {
+        let kind = pb::LossPointKind::try_from(l.kind)
+            .map(|k| enum_name(k.as_str_name(), "LOSS_POINT_KIND_"))
+            .unwrap_or_default();
+        let cat = pb::Category::try_from(l.category)
+            .map(|c| enum_name(c.as_str_name(), "CATEGORY_"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  {:>3}. {:<16} {:>14} {} {} ({cat}) lot {} at {} site {}{} — {}; entries {}",
+            l.rank,
+            kind,
+            thousands(l.quantity),
+            unit(l.unit),
+            l.substance,
+            l.lot,
+            l.enterprise,
+            l.site,
+            if l.counterparty.is_empty() {
+                String::new()
+            } else {
+                format!(" → {} site {}", l.counterparty, l.counterparty_site)
+            },
+            l.detail,
+            l.entries
+                .iter()
+                .map(|e| e.index.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    for p in &r.patterns {
+        let kind = pb::PatternKind::try_from(p.kind)
+            .map(|k| enum_name(k.as_str_name(), "PATTERN_KIND_"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  pattern ({kind}): {} losses of {} at {}, {} in all",
+            p.events,
+            p.substance,
+            p.subject,
+            thousands(p.quantity)
+        );
+    }
+    o
 }
 
 /// Prints an answer as JSON (proto3 mapping) or as the readable text `text` makes of it.

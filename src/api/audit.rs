@@ -2,7 +2,8 @@
 //! every entry index turned into an `EntryRef` with its leaf hash.
 
 use super::status;
-use crate::audit::{permits, trade, AuditConfig};
+use crate::audit::{balance, losses, permits, picture, trace, trade, AuditConfig};
+use crate::ledger::views::Term;
 use crate::ledger::views::{ClosedHow, PermitState};
 use crate::ledger::Ledger;
 use crate::pb;
@@ -196,8 +197,356 @@ impl AuditService {
     }
 }
 
+fn term_pb(t: Term) -> pb::BalanceTerm {
+    match t {
+        Term::Produced => pb::BalanceTerm::Produced,
+        Term::Received => pb::BalanceTerm::Received,
+        Term::Imported => pb::BalanceTerm::Imported,
+        Term::AdjustedIn => pb::BalanceTerm::AdjustedIn,
+        Term::Shipped => pb::BalanceTerm::Shipped,
+        Term::Exported => pb::BalanceTerm::Exported,
+        Term::Consumed => pb::BalanceTerm::Consumed,
+        Term::Destroyed => pb::BalanceTerm::Destroyed,
+        Term::Lost => pb::BalanceTerm::Lost,
+        Term::AdjustedOut => pb::BalanceTerm::AdjustedOut,
+    }
+}
+
+fn balance_status(s: balance::Status) -> pb::BalanceStatus {
+    match s {
+        balance::Status::Balanced => pb::BalanceStatus::Balanced,
+        balance::Status::WithinTolerance => pb::BalanceStatus::WithinTolerance,
+        balance::Status::Shortfall => pb::BalanceStatus::Shortfall,
+        balance::Status::Surplus => pb::BalanceStatus::Surplus,
+        balance::Status::NotCounted => pb::BalanceStatus::NotCounted,
+    }
+}
+
+fn pattern_kind(k: losses::PatternKind) -> pb::PatternKind {
+    match k {
+        losses::PatternKind::Holder => pb::PatternKind::Holder,
+        losses::PatternKind::Route => pb::PatternKind::Route,
+        losses::PatternKind::Carrier => pb::PatternKind::Carrier,
+        losses::PatternKind::Counts => pb::PatternKind::Counts,
+    }
+}
+
+fn sint(q: i128) -> Result<i64, Status> {
+    i64::try_from(q).map_err(|_| Status::out_of_range(format!("figure {q} exceeds sint64")))
+}
+
+fn clamp64(q: u128) -> u64 {
+    u64::try_from(q).unwrap_or(u64::MAX)
+}
+
+fn required(field: &str, v: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: is required")));
+    }
+    Ok(())
+}
+
+impl AuditService {
+    fn unit(&self, substance: &str) -> i32 {
+        self.ledger
+            .catalogue()
+            .get(substance)
+            .map_or(pb::Unit::Unspecified, |x| x.unit) as i32
+    }
+
+    /// Runs `f` on one consistent snapshot; the ledger size is read after it, so every entry the
+    /// snapshot shows is below it.
+    fn on_snapshot<T>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::ViewRead) -> Result<T, crate::ledger::Refusal>,
+    ) -> Result<(T, u64), Status> {
+        let snap = self.ledger.snapshot();
+        let size = self.ledger.size();
+        Ok((f(snap.as_ref()).map_err(status)?, size))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::audit_server::Audit for AuditService {
+    async fn mass_balance(
+        &self,
+        req: Request<pb::MassBalanceRequest>,
+    ) -> Result<Response<pb::MassBalanceResponse>, Status> {
+        let mut r = req.into_inner();
+        required("enterprise", &r.enterprise)?;
+        required("site", &r.site)?;
+        required("substance", &r.substance)?;
+        if self.ledger.catalogue().get(&r.substance).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "substance: `{}` is not in the catalogue",
+                r.substance
+            )));
+        }
+        if r.to_ms == 0 {
+            r.to_ms = crate::ledger::now_ms() + 1;
+        }
+        if r.limit == 0 {
+            r.limit = 1000;
+        }
+        if r.limit > 10_000 {
+            return Err(Status::invalid_argument("limit: at most 10000"));
+        }
+        let q = balance::Query {
+            enterprise: r.enterprise.clone(),
+            site: r.site.clone(),
+            substance: r.substance.clone(),
+            lot: (!r.lot.is_empty()).then(|| r.lot.clone()),
+            from_ms: r.from_ms,
+            to_ms: r.to_ms,
+            limit: r.limit as usize,
+        };
+        let (b, ledger_size) = self.on_snapshot(|snap| balance::balance(snap, &self.cfg, q))?;
+        let cited: Vec<u64> = b
+            .postings
+            .iter()
+            .flat_map(|p| [Some(p.entry), p.shipment, p.corrects])
+            .flatten()
+            .chain(b.count.as_ref().map(|c| c.entry))
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let mut postings = Vec::with_capacity(b.postings.len());
+        for p in &b.postings {
+            postings.push(pb::BalancePosting {
+                entry: Some(refs.get(p.entry)?),
+                at_ms: p.at_ms,
+                lot: p.lot.clone(),
+                term: term_pb(p.term) as i32,
+                quantity: sint(p.quantity)?,
+                shipment: p.shipment.map(|i| refs.get(i)).transpose()?,
+                corrects: p.corrects.map(|i| refs.get(i)).transpose()?,
+            });
+        }
+        let count = match &b.count {
+            Some(c) => Some(pb::CountFigure {
+                entry: Some(refs.get(c.entry)?),
+                at_ms: c.at_ms,
+                counted: c.counted,
+                book: c.book,
+                variance: sint(c.variance)?,
+                inspector: c.inspector,
+            }),
+            None => None,
+        };
+        let terms = b
+            .terms
+            .iter()
+            .map(|(t, q)| {
+                Ok(pb::TermFigure {
+                    term: term_pb(*t) as i32,
+                    quantity: sint(*q)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(pb::MassBalanceResponse {
+            unit: self.unit(&r.substance),
+            query: Some(r),
+            opening: b.opening,
+            terms,
+            expected_closing: b.expected_closing,
+            count,
+            after_count: sint(b.after_count)?,
+            tolerance: b.tolerance,
+            status: balance_status(b.status) as i32,
+            postings,
+            truncated: b.truncated,
+            ledger_size,
+        }))
+    }
+
+    async fn trace_lot(
+        &self,
+        req: Request<pb::TraceLotRequest>,
+    ) -> Result<Response<pb::TraceLotResponse>, Status> {
+        let r = req.into_inner();
+        required("lot", &r.lot)?;
+        let direction = match pb::TraceDirection::try_from(r.direction) {
+            Ok(pb::TraceDirection::Both) => trace::Direction::Both,
+            Ok(pb::TraceDirection::Forward) => trace::Direction::Forward,
+            Ok(pb::TraceDirection::Backward) => trace::Direction::Backward,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "direction: {} is not a trace direction",
+                    r.direction
+                )))
+            }
+        };
+        let max_edges = if r.max_edges == 0 {
+            10_000
+        } else {
+            r.max_edges as usize
+        };
+        let (g, ledger_size) =
+            self.on_snapshot(|snap| trace::trace(snap, &r.lot, direction, max_edges))?;
+        let cited: Vec<u64> = g
+            .edges
+            .iter()
+            .flat_map(|e| {
+                std::iter::once(e.ship_entry)
+                    .chain(e.receive_entry)
+                    .chain(e.legs.iter().copied())
+            })
+            .chain(g.nodes.iter().flat_map(|n| n.entries.iter().copied()))
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let fig = |n: &trace::Node, t: Term| clamp64(n.figures.get(t.name()).copied().unwrap_or(0));
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for n in &g.nodes {
+            nodes.push(pb::TraceNode {
+                enterprise: n.enterprise.clone(),
+                site: n.site.clone(),
+                name: n.name.clone(),
+                lots: n.lots.clone(),
+                produced: fig(n, Term::Produced),
+                received: fig(n, Term::Received),
+                imported: fig(n, Term::Imported),
+                shipped: fig(n, Term::Shipped),
+                exported: fig(n, Term::Exported),
+                consumed: fig(n, Term::Consumed),
+                destroyed: fig(n, Term::Destroyed),
+                lost: fig(n, Term::Lost),
+                on_hand: n.on_hand,
+                entries: n
+                    .entries
+                    .iter()
+                    .map(|&i| refs.get(i))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        let mut edges = Vec::with_capacity(g.edges.len());
+        for e in &g.edges {
+            edges.push(pb::TraceEdge {
+                ship: Some(refs.get(e.ship_entry)?),
+                from: e.from as u32,
+                to: e.to as u32,
+                lot: e.lot.clone(),
+                shipped: e.shipped,
+                shipped_at_ms: e.shipped_at_ms,
+                receive: e.receive_entry.map(|i| refs.get(i)).transpose()?,
+                received_lot: e.received_lot.clone().unwrap_or_default(),
+                received: e.received.unwrap_or(0),
+                received_at_ms: e.received_at_ms.unwrap_or(0),
+                missing: e.missing,
+                carrier: e.carrier.clone(),
+                legs: e
+                    .legs
+                    .iter()
+                    .map(|&i| refs.get(i))
+                    .collect::<Result<_, _>>()?,
+                seals_changed: e.seals_changed,
+            });
+        }
+        Ok(Response::new(pb::TraceLotResponse {
+            dot: picture::dot(&g),
+            svg: picture::svg(&g),
+            unit: self.unit(&g.substance),
+            lot: g.lot,
+            substance: g.substance,
+            nodes,
+            edges,
+            lots: g.lots,
+            truncated: g.truncated,
+            ledger_size,
+        }))
+    }
+
+    async fn find_losses(
+        &self,
+        req: Request<pb::FindLossesRequest>,
+    ) -> Result<Response<pb::FindLossesResponse>, Status> {
+        use pb::find_losses_request::Scope as S;
+        let r = req.into_inner();
+        let scope = match r.scope {
+            Some(S::Enterprise(e)) if !e.is_empty() => losses::Scope::Enterprise(e),
+            Some(S::Lot(l)) if !l.is_empty() => losses::Scope::Lot(l),
+            Some(S::Jurisdiction(j)) if !j.is_empty() => losses::Scope::Jurisdiction(j),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "scope: name an enterprise, a lot or a jurisdiction",
+                ))
+            }
+        };
+        let as_of = Self::as_of(r.as_of_ms);
+        let to_ms = if r.to_ms == 0 { u64::MAX } else { r.to_ms };
+        if to_ms <= r.from_ms {
+            return Err(Status::invalid_argument(format!(
+                "to_ms: {} must be after from_ms {}",
+                r.to_ms, r.from_ms
+            )));
+        }
+        let (f, ledger_size) = self.on_snapshot(|snap| {
+            losses::find(
+                snap,
+                &self.cfg,
+                self.ledger.catalogue(),
+                &scope,
+                r.from_ms,
+                to_ms,
+                as_of,
+            )
+        })?;
+        let cited: Vec<u64> = f
+            .losses
+            .iter()
+            .flat_map(|l| l.entries.iter().copied().chain(l.explained_by))
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let mut out = Vec::with_capacity(f.losses.len());
+        for (i, l) in f.losses.iter().enumerate() {
+            let (kind, loss_kind) = match l.kind {
+                losses::Kind::InTransitGap => (pb::LossPointKind::InTransitGap, 0),
+                losses::Kind::NotReceived => (pb::LossPointKind::NotReceived, 0),
+                losses::Kind::CountShortfall => (pb::LossPointKind::CountShortfall, 0),
+                losses::Kind::Reported(k) => (pb::LossPointKind::Reported, k),
+            };
+            out.push(pb::LossPoint {
+                kind: kind as i32,
+                loss_kind,
+                substance: l.substance.clone(),
+                category: l.category,
+                unit: self.unit(&l.substance),
+                lot: l.lot.clone(),
+                enterprise: l.enterprise.clone(),
+                site: l.site.clone(),
+                counterparty: l.counterparty.clone(),
+                counterparty_site: l.counterparty_site.clone(),
+                carrier: l.carrier.clone(),
+                quantity: l.quantity,
+                at_ms: l.at_ms,
+                entries: l
+                    .entries
+                    .iter()
+                    .map(|&e| refs.get(e))
+                    .collect::<Result<_, _>>()?,
+                detail: l.detail.clone(),
+                explained_by: l.explained_by.map(|e| refs.get(e)).transpose()?,
+                rank: i as u32 + 1,
+            });
+        }
+        let patterns = f
+            .patterns
+            .iter()
+            .map(|p| pb::LossPattern {
+                kind: pattern_kind(p.kind) as i32,
+                subject: p.subject.clone(),
+                substance: p.substance.clone(),
+                events: p.events as u32,
+                quantity: p.quantity,
+                losses: p.losses.iter().map(|&i| i as u32).collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::FindLossesResponse {
+            losses: out,
+            patterns,
+            as_of_ms: as_of,
+            ledger_size,
+        }))
+    }
+
     async fn reconcile_import_export(
         &self,
         req: Request<pb::ReconcileImportExportRequest>,

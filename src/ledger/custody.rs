@@ -212,7 +212,7 @@ pub(super) fn destroy(
     Ok(())
 }
 
-fn loss_particulars(kind: i32, police_ref: &str) -> Result<LossView, Refusal> {
+fn loss_particulars(kind: i32, police_ref: &str) -> Result<(), Refusal> {
     let k = LossKind::try_from(kind)
         .ok()
         .filter(|k| *k != LossKind::Unspecified)
@@ -231,11 +231,7 @@ fn loss_particulars(kind: i32, police_ref: &str) -> Result<LossView, Refusal> {
             ),
         ));
     }
-    text("loss_report.police_report_ref", police_ref, 128)?;
-    Ok(LossView {
-        kind,
-        police_report_ref: police_ref.to_string(),
-    })
+    text("loss_report.police_report_ref", police_ref, 128)
 }
 
 pub(super) fn loss_report(
@@ -261,7 +257,7 @@ pub(super) fn loss_report(
         &p.lot,
     )?;
     lot_of(v, "loss_report.lot", &p.lot, s)?;
-    let loss = loss_particulars(p.kind, &p.police_report_ref)?;
+    loss_particulars(p.kind, &p.police_report_ref)?;
     let h = Holding {
         enterprise: &ent.credit_code,
         site: &p.site_id,
@@ -281,7 +277,19 @@ pub(super) fn loss_report(
     )?;
     posting.write(v);
     posted(ctx, v, "loss_report", Term::Lost, &h, q);
-    v.put(key::loss(ctx.index), &loss);
+    v.put(
+        key::loss(&ent.credit_code, ctx.index),
+        &LossView {
+            entry: ctx.index,
+            kind: p.kind,
+            police_report_ref: p.police_report_ref.clone(),
+            site: p.site_id.clone(),
+            substance: s.id.clone(),
+            lot: p.lot.clone(),
+            quantity: q,
+            at_ms: ctx.now_ms,
+        },
+    );
     Ok(())
 }
 
@@ -646,10 +654,7 @@ fn correct_posted(
                         128,
                     )?;
                 }
-                Payload::LossReport(l) => {
-                    let loss = loss_particulars(l.kind, &l.police_report_ref)?;
-                    v.put(key::loss(corrects), &loss);
-                }
+                Payload::LossReport(l) => loss_particulars(l.kind, &l.police_report_ref)?,
                 _ => {}
             }
             q
@@ -665,12 +670,30 @@ fn correct_posted(
     ) {
         two_person(ctx, v, signer, s, "correction")?;
     }
+    let loss = if posted.term == Term::Lost {
+        let k = key::loss(&posted.enterprise, corrects);
+        let mut loss = v
+            .get::<LossView>(&k)
+            .map_err(se)?
+            .ok_or_else(|| Refusal::internal(format!("loss report {corrects} has no view")))?;
+        loss.quantity = new_q;
+        if let Some(Payload::LossReport(l)) = r {
+            loss.kind = l.kind;
+            loss.police_report_ref = l.police_report_ref.clone();
+        }
+        Some((k, loss))
+    } else {
+        None
+    };
     let h = Holding {
         enterprise: &posted.enterprise,
         site: &posted.site,
         substance: &posted.substance,
         lot: &posted.lot,
     };
+    if let Some((k, loss)) = loss {
+        v.put(k, &loss);
+    }
     if delta != 0 {
         let delta = i64::try_from(delta)
             .map_err(|_| invalid("correction.replacement", "the change exceeds i64"))?;

@@ -1356,7 +1356,14 @@ fn stage_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) -> Option<S
                         in_flight: &in_flight,
                         evidence: &mut deferred,
                     };
-                    match admit(shared, &mut v, &mut g, &p, index, t) {
+                    v.begin();
+                    let admitted = admit(shared, &mut v, &mut g, &p, index, t);
+                    if matches!(admitted, Ok(Admitted::New)) {
+                        v.commit();
+                    } else {
+                        v.rollback();
+                    }
+                    match admitted {
                         Ok(Admitted::New) => {
                             let leaf = Leaf {
                                 index,

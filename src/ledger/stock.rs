@@ -213,20 +213,22 @@ pub(super) fn count(
                 format!("the counts of {} overflow u64", c.substance),
             )
         })?;
+        let row = encode(&JournalRow {
+            entry: ctx.index,
+            at_ms: ctx.now_ms,
+            lot: c.lot.to_string(),
+            event: Event::Count {
+                counted: c.quantity,
+                book,
+                inspector,
+            },
+            totals,
+        });
         writes.push((
-            key::journal_row(&h, ctx.now_ms, ctx.index),
-            encode(&JournalRow {
-                entry: ctx.index,
-                at_ms: ctx.now_ms,
-                lot: c.lot.to_string(),
-                event: Event::Count {
-                    counted: c.quantity,
-                    book,
-                    inspector,
-                },
-                totals,
-            }),
+            key::at(&key::lot_counts(&h), ctx.now_ms, ctx.index),
+            row.clone(),
         ));
+        writes.push((key::journal_row(&h, ctx.now_ms, ctx.index), row));
         if !inspector {
             writes.push((
                 key::count(&h),
@@ -248,20 +250,22 @@ pub(super) fn count(
             .get::<Totals>(&key::stock(&stock))
             .map_err(se)?
             .unwrap_or_default();
+        let row = encode(&JournalRow {
+            entry: ctx.index,
+            at_ms: ctx.now_ms,
+            lot: String::new(),
+            event: Event::Count {
+                counted,
+                book: totals.balance() as u64,
+                inspector,
+            },
+            totals,
+        });
         writes.push((
-            key::stock_journal_row(&stock, ctx.now_ms, ctx.index),
-            encode(&JournalRow {
-                entry: ctx.index,
-                at_ms: ctx.now_ms,
-                lot: String::new(),
-                event: Event::Count {
-                    counted,
-                    book: totals.balance() as u64,
-                    inspector,
-                },
-                totals,
-            }),
+            key::at(&key::stock_counts(&stock), ctx.now_ms, ctx.index),
+            row.clone(),
         ));
+        writes.push((key::stock_journal_row(&stock, ctx.now_ms, ctx.index), row));
     }
     for (k, val) in writes {
         v.put_raw(k, val);

@@ -451,12 +451,19 @@ pub struct CountedView {
     pub accepted_by: Option<u64>,
 }
 
-/// A loss report's particulars, for loss finding.
+/// A loss report, for loss finding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LossView {
+    pub entry: u64,
     /// `LossKind`.
     pub kind: i32,
     pub police_report_ref: String,
+    pub site: String,
+    pub substance: String,
+    pub lot: String,
+    /// As reported, or as the latest correction restated it.
+    pub quantity: u64,
+    pub at_ms: u64,
 }
 
 /// The latest signed physical count for a holding.
@@ -648,9 +655,24 @@ pub mod key {
     pub fn counted(entry: u64) -> Vec<u8> {
         [b"ct/".as_slice(), &entry.to_be_bytes()].concat()
     }
-    /// A loss report: `lr/<entry>` → `LossView`.
-    pub fn loss(entry: u64) -> Vec<u8> {
-        [b"lr/".as_slice(), &entry.to_be_bytes()].concat()
+    /// Loss reports of an enterprise: `lr/<enterprise>\0<entry>` → `LossView`.
+    pub fn losses(enterprise: &str) -> Vec<u8> {
+        [b"lr/".as_slice(), enterprise.as_bytes(), b"\0"].concat()
+    }
+    pub fn loss(enterprise: &str, entry: u64) -> Vec<u8> {
+        [losses(enterprise).as_slice(), &entry.to_be_bytes()].concat()
+    }
+    /// A lot holding's counts: `cl/<holding><at_ms><entry>` → `JournalRow` (also in `j/`).
+    pub fn lot_counts(h: &Holding<'_>) -> Vec<u8> {
+        holding_key(b"cl/", h)
+    }
+    /// A site × substance's counts: `cs/<stock><at_ms><entry>` → `JournalRow` (also in `js/`).
+    pub fn stock_counts(s: &Stock<'_>) -> Vec<u8> {
+        stock_key(b"cs/", s)
+    }
+    /// `prefix` followed by a time and an entry: a journal or count row key.
+    pub fn at(prefix: &[u8], at_ms: u64, entry: u64) -> Vec<u8> {
+        timed(prefix.to_vec(), at_ms, entry)
     }
     /// Shipments by sender and receiver: `sf/<enterprise>\0<ship>`, `st/<enterprise>\0<ship>`
     /// → ().
@@ -741,6 +763,8 @@ pub struct Views<'s> {
     /// Earlier groups' overlays, oldest first.
     staged: Vec<&'s Overlay>,
     overlay: Overlay,
+    /// The open record's changes, between `begin` and `commit` / `rollback`.
+    txn: Option<Overlay>,
 }
 
 impl<'s> Views<'s> {
@@ -754,10 +778,38 @@ impl<'s> Views<'s> {
             store,
             staged,
             overlay: BTreeMap::new(),
+            txn: None,
+        }
+    }
+
+    /// Starts a record's changes: until `commit` they can be dropped whole with `rollback`, so a
+    /// refused record changes nothing whatever its rule wrote before refusing.
+    pub fn begin(&mut self) {
+        self.txn = Some(BTreeMap::new());
+    }
+
+    pub fn commit(&mut self) {
+        if let Some(t) = self.txn.take() {
+            self.overlay.extend(t);
+        }
+    }
+
+    pub fn rollback(&mut self) {
+        self.txn = None;
+    }
+
+    /// Where writes go now: the open record's changes, else the group's.
+    fn top(&mut self) -> &mut Overlay {
+        match &mut self.txn {
+            Some(t) => t,
+            None => &mut self.overlay,
         }
     }
 
     pub fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.txn.as_ref().and_then(|t| t.get(key)) {
+            return Ok(v.clone());
+        }
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
@@ -777,19 +829,19 @@ impl<'s> Views<'s> {
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) {
-        self.overlay.insert(key, Some(encode(value)));
+        self.top().insert(key, Some(encode(value)));
     }
 
     pub fn put_raw(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert(key, Some(value));
+        self.top().insert(key, Some(value));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.overlay.insert(key, None);
+        self.top().insert(key, None);
     }
 
     pub fn is_dirty(&self) -> bool {
-        !self.overlay.is_empty()
+        !self.overlay.is_empty() || self.txn.as_ref().is_some_and(|t| !t.is_empty())
     }
 
     /// The overlay as a batch, with the log position it brings the views to.
@@ -799,6 +851,7 @@ impl<'s> Views<'s> {
 
     /// The overlay, with the log position it brings the views to.
     pub fn into_overlay(mut self, position: &Position) -> Overlay {
+        self.commit();
         self.overlay
             .insert(META_POSITION.to_vec(), Some(encode(position)));
         self.overlay
@@ -808,12 +861,12 @@ impl<'s> Views<'s> {
     /// A block is the entries' indices as 8-byte big-endian integers, appended in place.
     pub fn push_signer_seq(&mut self, id: &KeyId, seq: u64, index: u64) -> Result<(), StoreError> {
         let k = key::signer_seq_block(id, seq / BLOCK);
-        if !self.overlay.contains_key(&k) {
+        if !self.top().contains_key(&k) {
             let current = self.raw_get(&k)?.unwrap_or_default();
-            self.overlay.insert(k.clone(), Some(current));
+            self.top().insert(k.clone(), Some(current));
         }
         let want = (seq % BLOCK) as usize * 8;
-        match self.overlay.get_mut(&k) {
+        match self.top().get_mut(&k) {
             Some(Some(block)) if block.len() == want => {
                 block.extend_from_slice(&index.to_be_bytes());
                 Ok(())
@@ -844,12 +897,12 @@ impl<'s> Views<'s> {
         for (i, e) in entries.iter().enumerate() {
             let index = first + i as u64;
             let k = key::entry_block(index / BLOCK);
-            if !self.overlay.contains_key(&k) {
+            if !self.top().contains_key(&k) {
                 let current = self.raw_get(&k)?.unwrap_or_default();
-                self.overlay.insert(k.clone(), Some(current));
+                self.top().insert(k.clone(), Some(current));
             }
             let want = (index % BLOCK) as usize * EntryView::WIDTH;
-            match self.overlay.get_mut(&k) {
+            match self.top().get_mut(&k) {
                 Some(Some(block)) if block.len() == want => e.encode_into(block),
                 other => {
                     return Err(StoreError::Views(format!(

@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod crash;
 mod ingest;
+mod losses;
 mod offline;
 mod permits;
 mod pipeline;
