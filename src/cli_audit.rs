@@ -526,21 +526,33 @@ pub fn losses_text(r: &pb::FindLossesResponse) -> String {
         when(r.as_of_ms)
     );
     for l in &r.losses {
-        let kind = pb::LossPointKind::try_from(l.kind)
-            .map(|k| enum_name(k.as_str_name(), "LOSS_POINT_KIND_"))
-            .unwrap_or_default();
+        let kind = match pb::LossPointKind::try_from(l.kind) {
+            Ok(pb::LossPointKind::NotReceived) => "never received".to_string(),
+            Ok(pb::LossPointKind::Reported) => format!(
+                "reported {}",
+                pb::LossKind::try_from(l.loss_kind)
+                    .map(|k| enum_name(k.as_str_name(), "LOSS_KIND_"))
+                    .unwrap_or_default()
+            ),
+            Ok(k) => enum_name(k.as_str_name(), "LOSS_POINT_KIND_"),
+            Err(_) => "unknown".into(),
+        };
         let cat = pb::Category::try_from(l.category)
             .map(|c| enum_name(c.as_str_name(), "CATEGORY_"))
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "  {:>3}. {:<16} {:>14} {} {} ({cat}) lot {} at {} site {}{} — {}; entries {}",
+            "  {:>3}. {:<16} {:>14} {} {} ({cat}) {} at {} site {}{} — {}; entries {}",
             l.rank,
             kind,
             thousands(l.quantity),
             unit(l.unit),
             l.substance,
-            l.lot,
+            if l.lot.is_empty() {
+                "all lots".to_string()
+            } else {
+                format!("lot {}", l.lot)
+            },
             l.enterprise,
             l.site,
             if l.counterparty.is_empty() {

@@ -190,7 +190,7 @@ impl Finder<'_> {
                 s.quantity,
                 vec![s.ship_entry],
                 format!(
-                    "shipped {} (entry {}), not received by its deadline {} ms",
+                    "shipped {} (entry {}), not received by its deadline ({} ms since the epoch)",
                     s.quantity, s.ship_entry, deadline
                 ),
             ),

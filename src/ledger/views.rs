@@ -1003,6 +1003,54 @@ mod tests {
     }
 
     #[test]
+    fn a_rolled_back_record_leaves_the_group_overlay_as_it_was() {
+        let store = crate::store::MemoryViews::default();
+        let mut v = Views::new(&store);
+        let id = KeyId([1; 16]);
+        v.begin();
+        v.put(b"x/kept".to_vec(), &1u64);
+        v.push_signer_seq(&id, 0, 10).unwrap();
+        v.commit();
+        v.begin();
+        v.put(b"x/kept".to_vec(), &2u64);
+        v.put(b"x/new".to_vec(), &3u64);
+        v.delete(b"x/kept".to_vec());
+        v.push_signer_seq(&id, 1, 11).unwrap();
+        assert_eq!(
+            v.get::<u64>(b"x/new").unwrap(),
+            Some(3),
+            "the record sees its own writes"
+        );
+        v.rollback();
+        assert_eq!(v.get::<u64>(b"x/kept").unwrap(), Some(1));
+        assert_eq!(v.get::<u64>(b"x/new").unwrap(), None);
+        assert_eq!(v.signer_seq_index(&id, 0).unwrap(), Some(10));
+        assert_eq!(v.signer_seq_index(&id, 1).unwrap(), None);
+        // The next record appends where the committed one left off.
+        v.begin();
+        v.push_signer_seq(&id, 1, 12).unwrap();
+        v.commit();
+        assert_eq!(v.signer_seq_index(&id, 1).unwrap(), Some(12));
+    }
+
+    #[test]
+    fn totals_balance_is_inflows_minus_outflows() {
+        let mut t = Totals::default();
+        *t.get_mut(Term::Produced) = 100;
+        *t.get_mut(Term::Received) = 50;
+        *t.get_mut(Term::AdjustedIn) = 1;
+        *t.get_mut(Term::Shipped) = 30;
+        *t.get_mut(Term::Lost) = 20;
+        *t.get_mut(Term::AdjustedOut) = 1;
+        assert_eq!(t.balance(), 100);
+        assert_eq!(
+            Term::ALL.iter().filter(|t| t.inflow()).count(),
+            4,
+            "produced, received, imported, adjusted_in"
+        );
+    }
+
+    #[test]
     fn entry_blocks_round_trip_and_refuse_partial_entries() {
         let e = EntryView {
             location: Location {

@@ -363,11 +363,46 @@ pub(crate) mod tests {
         let a = v.scan_prefix(b"a/").unwrap();
         assert_eq!(a.len(), 2);
         assert_eq!(a[1], (b"a/2".to_vec(), b"y".to_vec()));
+        let keys =
+            |pairs: ViewPairs| -> Vec<Vec<u8>> { pairs.into_iter().map(|(k, _)| k).collect() };
+        let r = |start: &'static [u8], end: &'static [u8], limit, reverse| Range {
+            start,
+            end,
+            limit,
+            reverse,
+        };
+        assert_eq!(
+            keys(v.range(&r(b"a/", b"a0", 10, false)).unwrap()),
+            vec![b"a/1".to_vec(), b"a/2".to_vec()]
+        );
+        assert_eq!(
+            keys(v.range(&r(b"a/", b"b/2", 2, true)).unwrap()),
+            vec![b"b/1".to_vec(), b"a/2".to_vec()]
+        );
+        assert_eq!(
+            keys(v.range(&r(b"a/", b"a/2", 10, false)).unwrap()),
+            vec![b"a/1".to_vec()]
+        );
+        assert!(v.range(&r(b"b/", b"a/", 10, false)).unwrap().is_empty());
+        assert!(v.range(&r(b"a/", b"b/", 0, true)).unwrap().is_empty());
         v.apply(vec![(b"a/1".to_vec(), None)]).unwrap();
         assert_eq!(v.get(b"a/1").unwrap(), None);
+        assert_eq!(
+            keys(v.range(&r(b"a/", b"b/", 10, true)).unwrap()),
+            vec![b"a/2".to_vec()]
+        );
         v.clear().unwrap();
         assert!(v.scan_prefix(b"").unwrap().is_empty());
         v.flush().unwrap();
+    }
+
+    #[test]
+    fn prefix_end_is_the_least_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        let r = Range::forward(b"j/x\0", b"j/x\0\x05", 9);
+        assert_eq!(r.common_prefix(), b"j/x\0");
     }
 
     #[test]

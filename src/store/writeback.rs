@@ -539,6 +539,57 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// A snapshot's range reads agree with a plain map of everything applied, whatever
+        /// mix of chunks are still in memory, flushed or deleted.
+        #[test]
+        fn snapshot_ranges_agree_with_a_model(
+            ops in proptest::collection::vec((0u8..40, proptest::option::of(0u8..4), proptest::bool::ANY), 1..120),
+            queries in proptest::collection::vec((0u8..40, 0u8..40, 0usize..12, proptest::bool::ANY), 1..20),
+        ) {
+            let policy = FlushPolicy {
+                max_chunk_keys: 3,
+                max_age: Duration::from_secs(3600),
+                max_queued_keys: 1_000_000,
+            };
+            let wb = WriteBack::new(Arc::new(MemoryViews::default()), policy);
+            let mut model = std::collections::BTreeMap::new();
+            for (k, v, flush) in ops {
+                let key = vec![b'k', k];
+                match v {
+                    Some(v) => {
+                        model.insert(key.clone(), vec![v]);
+                        wb.apply(vec![(key, Some(vec![v]))]).unwrap();
+                    }
+                    None => {
+                        model.remove(&key);
+                        wb.apply(vec![(key, None)]).unwrap();
+                    }
+                }
+                if flush {
+                    wb.flush().unwrap();
+                }
+            }
+            let snap = wb.snapshot();
+            for (a, b, limit, reverse) in queries {
+                let (start, end) = (vec![b'k', a], vec![b'k', b]);
+                let got = snap
+                    .range(&Range { start: &start, end: &end, limit, reverse })
+                    .unwrap();
+                let inside = model
+                    .iter()
+                    .filter(|(k, _)| **k >= start && **k < end)
+                    .map(|(k, v)| (k.clone(), v.clone()));
+                let want: ViewPairs = if reverse {
+                    inside.rev().take(limit).collect()
+                } else {
+                    inside.take(limit).collect()
+                };
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
+    }
+
     #[test]
     fn a_refused_chunk_stops_the_layer() {
         let wb = WriteBack::new(Arc::new(Refusing), FlushPolicy::default());

@@ -518,6 +518,12 @@ async fn trace_lot_forward_and_backward_with_pictures() {
     assert!(g.svg.contains("missing 2000"));
     assert!(g.svg.starts_with("<svg") && g.svg.trim_end().ends_with("</svg>"));
     assert_eq!(g.dot.matches(" -> ").count(), 3);
+    // `TZ_WRITE_EXAMPLE=1 cargo test --test it trace_lot` refreshes the guide's picture.
+    if std::env::var_os("TZ_WRITE_EXAMPLE").is_some() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join("trace-example.svg"), &g.svg).unwrap();
+        std::fs::write(docs.join("trace-example.dot"), &g.dot).unwrap();
+    }
     assert!(g.dot.contains("MISSING 10"));
     // Backward from B2-L: it came from L at plant-1, and nothing else.
     let back =
@@ -566,4 +572,129 @@ async fn trace_lot_forward_and_backward_with_pictures() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     assert!(e.message().contains("lot"));
     let _ = (&s.b2, &s.b3, &s.server);
+}
+
+fn cli(args: Vec<String>) -> (bool, String) {
+    let out = std::process::Command::new(bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_balance_trace_and_losses() {
+    let s = scene().await;
+    let url = s.server.url.clone();
+    let producer = s.w.producer.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("l.svg");
+    let dot = tmp.path().join("l.dot");
+    let as_of = (now() + 8 * DAY).to_string();
+    let args = |a: &[&str]| -> Vec<String> {
+        a.iter()
+            .map(|s| s.to_string())
+            .chain(["--server".to_string(), url.clone()])
+            .collect()
+    };
+    let runs = vec![
+        args(&[
+            "audit",
+            "balance",
+            "--enterprise",
+            &producer,
+            "--site",
+            "plant-1",
+            "--substance",
+            EPHEDRINE,
+        ]),
+        args(&[
+            "audit",
+            "trace",
+            "L",
+            "--svg",
+            svg.to_str().unwrap(),
+            "--dot",
+            dot.to_str().unwrap(),
+        ]),
+        args(&[
+            "audit",
+            "losses",
+            "--jurisdiction",
+            "44",
+            "--as-of-ms",
+            &as_of,
+        ]),
+        args(&[
+            "audit",
+            "losses",
+            "--lot",
+            "L",
+            "--json",
+            "--as-of-ms",
+            &as_of,
+        ]),
+        args(&[
+            "audit",
+            "balance",
+            "--enterprise",
+            &producer,
+            "--site",
+            "plant-1",
+            "--substance",
+            "nope",
+        ]),
+    ];
+    let outs = tokio::task::spawn_blocking(move || runs.into_iter().map(cli).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let (ok, text) = &outs[0];
+    assert!(ok, "{text}");
+    for want in [
+        "= expected",
+        "2,500 mg",
+        "produced",
+        "10,500",
+        "shipped",
+        "8,000",
+        "variance −50",
+        "SHORTFALL",
+    ] {
+        assert!(text.contains(want), "`{want}` missing in:\n{text}");
+    }
+    let (ok, text) = &outs[1];
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("MISSING 2,000 mg") && text.contains("MISSING 10 mg"),
+        "{text}"
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<svg"));
+    assert!(std::fs::read_to_string(&dot)
+        .unwrap()
+        .starts_with("digraph"));
+    let (ok, text) = &outs[2];
+    assert!(ok, "{text}");
+    assert!(text.contains("4 found"), "{text}");
+    for want in [
+        "never received",
+        "reported",
+        "count shortfall",
+        "in transit gap",
+    ] {
+        assert!(text.contains(want), "`{want}` missing in:\n{text}");
+    }
+    let (ok, text) = &outs[3];
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    assert_eq!(v["losses"].as_array().map(Vec::len), Some(4));
+    let (ok, text) = &outs[4];
+    assert!(!ok);
+    assert!(text.contains("substance"), "{text}");
 }
