@@ -966,6 +966,30 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         .into_inner();
     println!("\ntaizhang audit permit 粤药购-2026-0001:");
     print!("{}", crate::cli_audit::reconciliation_text(&rec));
+    // The producer's books balance against its count; the 1 g is found as an in-transit loss.
+    let mut audit = taizhang::pb::audit_client::AuditClient::connect(url.clone()).await?;
+    let bal = audit
+        .mass_balance(pb::MassBalanceRequest {
+            enterprise: producer.clone(),
+            site: "plant-1".into(),
+            substance: eph.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow!("mass balance: {}", s.message()))?
+        .into_inner();
+    println!("\ntaizhang audit balance --enterprise {producer} --site plant-1 --substance {eph}:");
+    print!("{}", crate::cli_audit::balance_text(&bal));
+    let losses = audit
+        .find_losses(pb::FindLossesRequest {
+            scope: Some(pb::find_losses_request::Scope::Jurisdiction("44".into())),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow!("find losses: {}", s.message()))?
+        .into_inner();
+    println!("\ntaizhang audit losses --jurisdiction 44:");
+    print!("{}", crate::cli_audit::losses_text(&losses));
     println!();
     // Verify offline: the last receipt, and the whole export.
     let key = ledger_key.verifying_key();

@@ -416,6 +416,9 @@ fn demo_runs_end_to_end_from_any_directory() {
         "stock take:",
         "refused as expected: FailedPrecondition",
         "exceeds permit",
+        "status       BALANCED",
+        "1 found",
+        "in transit gap            1,000 mg",
         "verified offline: 12 entries",
     ] {
         assert!(t.contains(want), "missing `{want}` in:\n{t}");
