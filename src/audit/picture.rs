@@ -14,6 +14,18 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+fn thousands(n: u128) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn dot_esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -27,14 +39,18 @@ fn node_label(g: &Graph, i: usize) -> Vec<String> {
             n.name.clone()
         },
         format!("{} · site {}", n.enterprise, n.site),
-        format!("lots {}", n.lots.join(", ")),
+        if n.lots.is_empty() {
+            "nothing received".to_string()
+        } else {
+            format!("lots {}", n.lots.join(", "))
+        },
     ];
     for (term, q) in &n.figures {
         if !matches!(*term, "shipped" | "received") {
-            lines.push(format!("{term} {q}"));
+            lines.push(format!("{term} {}", thousands(*q)));
         }
     }
-    lines.push(format!("on hand {}", n.on_hand));
+    lines.push(format!("on hand {}", thousands(n.on_hand as u128)));
     lines
 }
 
@@ -123,7 +139,7 @@ fn columns(g: &Graph) -> Vec<usize> {
 /// A self-contained SVG flow diagram of the custody graph.
 pub fn svg(g: &Graph) -> String {
     const W: f64 = 250.0;
-    const GAP_X: f64 = 170.0;
+    const GAP_X: f64 = 320.0;
     const LINE: f64 = 15.0;
     const GAP_Y: f64 = 30.0;
     let col = columns(g);
@@ -140,6 +156,7 @@ pub fn svg(g: &Graph) -> String {
     let total_h = y_next.iter().cloned().fold(100.0, f64::max) + 20.0;
     let max = g.edges.iter().map(|e| e.shipped).max().unwrap_or(1).max(1) as f64;
     let mut s = String::new();
+    let mut edge_labels = String::new();
     let _ = writeln!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{total_h:.0}" viewBox="0 0 {width:.0} {total_h:.0}" font-family="sans-serif" font-size="12">"##
@@ -178,21 +195,32 @@ pub fn svg(g: &Graph) -> String {
             );
         }
         let label = match e.received {
-            Some(r) => format!("#{} shipped {} · received {r}", e.ship_entry, e.shipped),
-            None => format!("#{} shipped {} · not received", e.ship_entry, e.shipped),
+            Some(r) => format!(
+                "#{} shipped {} · received {}",
+                e.ship_entry,
+                thousands(e.shipped as u128),
+                thousands(r as u128)
+            ),
+            None => format!(
+                "#{} shipped {} · not received",
+                e.ship_entry,
+                thousands(e.shipped as u128)
+            ),
         };
-        let (lx, ly) = (mid, (y1 + y2) / 2.0 - 6.0);
-        let _ = writeln!(
-            s,
-            r##"<text x="{lx:.1}" y="{ly:.1}" text-anchor="middle">{}</text>"##,
+        // Labels sit by the receiving end, where no other edge ends at the same height.
+        let (lx, ly) = (x2 - 8.0, y2 - 10.0);
+        let _ = write!(
+            edge_labels,
+            r##"<text x="{lx:.1}" y="{ly:.1}" text-anchor="end" paint-order="stroke" stroke="#ffffff" stroke-width="4">{}</text>"##,
             esc(&label)
         );
+        edge_labels.push('\n');
         if e.missing > 0 {
             let _ = writeln!(
-                s,
-                r##"<text x="{lx:.1}" y="{:.1}" text-anchor="middle" fill="#d7191c" font-weight="bold">missing {}{}</text>"##,
-                ly + 15.0,
-                e.missing,
+                edge_labels,
+                r##"<text x="{lx:.1}" y="{:.1}" text-anchor="end" fill="#d7191c" font-weight="bold" paint-order="stroke" stroke="#ffffff" stroke-width="4">missing {}{}</text>"##,
+                ly + 28.0,
+                thousands(e.missing as u128),
                 if e.seals_changed {
                     " · seals changed"
                 } else {
@@ -224,6 +252,7 @@ pub fn svg(g: &Graph) -> String {
             );
         }
     }
+    s.push_str(&edge_labels);
     s.push_str("</svg>\n");
     s
 }

@@ -515,7 +515,7 @@ async fn trace_lot_forward_and_backward_with_pictures() {
     // Pictures: every shipment drawn, the two with missing quantity in red.
     assert_eq!(g.svg.matches(r#"class="edge""#).count(), 3);
     assert_eq!(g.svg.matches(r#"class="missing""#).count(), 2);
-    assert!(g.svg.contains("missing 2000"));
+    assert!(g.svg.contains("missing 2,000"));
     assert!(g.svg.starts_with("<svg") && g.svg.trim_end().ends_with("</svg>"));
     assert_eq!(g.dot.matches(" -> ").count(), 3);
     // `TZ_WRITE_EXAMPLE=1 cargo test --test it trace_lot` refreshes the guide's picture.
