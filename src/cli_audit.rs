@@ -596,15 +596,7 @@ fn show<T: serde::Serialize>(json: bool, r: &T, text: fn(&T) -> String) -> Resul
 
 /// 12345678 → "12,345,678".
 pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    taizhang::audit::thousands(n.into())
 }
 
 /// Milliseconds since the epoch as `2026-12-01 09:54 UTC`.

@@ -45,6 +45,19 @@ impl Default for AuditConfig {
     }
 }
 
+/// 12345678 → "12,345,678" (for the people reading reports and pictures).
+pub fn thousands(n: u128) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn se(e: StoreError) -> Refusal {
     Refusal::from(e)
 }

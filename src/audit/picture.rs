@@ -3,6 +3,7 @@
 //! columns by their distance from the lot's sources). Edge width shows the quantity shipped; what
 //! went missing is drawn in red over it, and a holding's losses are red.
 
+use super::thousands;
 use super::trace::Graph;
 use std::collections::VecDeque;
 use std::fmt::Write;
@@ -12,18 +13,6 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn thousands(n: u128) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn dot_esc(s: &str) -> String {
