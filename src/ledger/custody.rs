@@ -71,7 +71,7 @@ pub(super) fn two_person(
     let ok = cosigners(ctx, v)?.iter().any(|(_, k)| {
         k.role == Role::Enterprise as i32
             && k.enterprise == signer.enterprise
-            && k.holder != signer.holder
+            && !same_person(&k.holder, &signer.holder)
     });
     if !ok {
         return Err(Refusal::permission_denied(format!(
@@ -83,6 +83,12 @@ pub(super) fn two_person(
         )));
     }
     Ok(())
+}
+
+/// Holders are names of people: compared without case and surrounding space, so "Alice" and
+/// "alice " are one person.
+fn same_person(a: &str, b: &str) -> bool {
+    a.trim().to_lowercase() == b.trim().to_lowercase()
 }
 
 /// A destruction is witnessed: an inspector covering the enterprise's jurisdiction cosigns it.
@@ -212,26 +218,26 @@ pub(super) fn destroy(
     Ok(())
 }
 
-fn loss_particulars(kind: i32, police_ref: &str) -> Result<(), Refusal> {
+fn loss_particulars(field: &str, kind: i32, police_ref: &str) -> Result<(), Refusal> {
     let k = LossKind::try_from(kind)
         .ok()
         .filter(|k| *k != LossKind::Unspecified)
         .ok_or_else(|| {
             invalid(
-                "loss_report.kind",
+                &format!("{field}.kind"),
                 format!("{kind} is not THEFT, ROBBERY, DISAPPEARANCE or SPILLAGE"),
             )
         })?;
     if k != LossKind::Spillage && police_ref.trim().is_empty() {
         return Err(invalid(
-            "loss_report.police_report_ref",
+            &format!("{field}.police_report_ref"),
             format!(
                 "a {} is reported to public security at once: the police report reference is required",
                 k.as_str_name().trim_start_matches("LOSS_KIND_").to_lowercase()
             ),
         ));
     }
-    text("loss_report.police_report_ref", police_ref, 128)
+    text(&format!("{field}.police_report_ref"), police_ref, 128)
 }
 
 pub(super) fn loss_report(
@@ -257,7 +263,9 @@ pub(super) fn loss_report(
         &p.lot,
     )?;
     lot_of(v, "loss_report.lot", &p.lot, s)?;
-    loss_particulars(p.kind, &p.police_report_ref)?;
+    loss_particulars("loss_report", p.kind, &p.police_report_ref)?;
+    // A loss takes stock out like any stock-out: under two-person control, two people say so.
+    two_person(ctx, v, signer, s, "loss_report")?;
     let h = Holding {
         enterprise: &ent.credit_code,
         site: &p.site_id,
@@ -376,7 +384,12 @@ pub(super) fn transport_leg(
                 format!("shipment {ship} has not been picked up"),
             ))
         }
-        (LegKind::Handover | LegKind::Delivery, Some(_), Some(d)) => {
+        (LegKind::Delivery, Some(_), Some(d)) => {
+            return Err(Refusal::already_exists(format!(
+                "transport_leg.kind: shipment {ship} was delivered by entry {d}"
+            )))
+        }
+        (LegKind::Handover, Some(_), Some(d)) => {
             return Err(precondition(
                 "transport_leg.kind",
                 format!("shipment {ship} was delivered by entry {d}"),
@@ -465,7 +478,7 @@ pub(super) fn inspection(
             "records a finding: counts, seals checked or notes",
         ));
     }
-    let counts = checked_counts(ctx, "inspection.counts", &p.counts)?;
+    let counts = checked_counts(ctx, v, "inspection.counts", &p.counts)?;
     if !counts.is_empty() {
         stock::count(ctx, v, &ent.credit_code, &p.site_id, &counts, true)?;
     }
@@ -476,6 +489,7 @@ pub(super) fn inspection(
 /// once, at most 1000.
 pub(super) fn checked_counts<'p>(
     ctx: &Ctx<'_>,
+    v: &Views<'_>,
     field: &str,
     counts: &'p [pb::StockCount],
 ) -> Result<Vec<Counted<'p>>, Refusal> {
@@ -489,6 +503,14 @@ pub(super) fn checked_counts<'p>(
         let s = substance(ctx, &format!("{f}.substance"), &c.substance)?;
         let q = quantity(&format!("{f}.quantity"), c.quantity.as_ref(), s, true)?;
         ident(&format!("{f}.lot"), &c.lot)?;
+        if let Some(l) = v.get::<LotView>(&key::lot(&c.lot)).map_err(se)? {
+            if l.substance != s.id {
+                return Err(invalid(
+                    &format!("{f}.lot"),
+                    format!("lot `{}` is {}, not {}", c.lot, l.substance, s.id),
+                ));
+            }
+        }
         if !seen.insert((c.substance.as_str(), c.lot.as_str())) {
             return Err(invalid(
                 &f,
@@ -579,7 +601,7 @@ pub(super) fn correction(
         if counted.enterprise != ent.credit_code {
             return Err(not_correctable(corrects, &ent));
         }
-        return accept_count(ctx, v, corrects, counted, r.is_some());
+        return accept_count(ctx, v, signer, corrects, counted, r.is_some());
     }
     match r {
         Some(Payload::Receive(rcv)) => correct_receipt(ctx, v, signer, &ent, corrects, &rcv),
@@ -654,7 +676,11 @@ fn correct_posted(
                         128,
                     )?;
                 }
-                Payload::LossReport(l) => loss_particulars(l.kind, &l.police_report_ref)?,
+                Payload::LossReport(l) => loss_particulars(
+                    "correction.replacement.loss_report",
+                    l.kind,
+                    &l.police_report_ref,
+                )?,
                 _ => {}
             }
             q
@@ -721,6 +747,7 @@ fn correct_posted(
 fn accept_count(
     ctx: &Ctx<'_>,
     v: &mut Views<'_>,
+    signer: &KeyInfo,
     corrects: u64,
     mut counted: CountedView,
     with_replacement: bool,
@@ -736,25 +763,55 @@ fn accept_count(
             "correction.corrects: the variances of count {corrects} were accepted by entry {by}"
         )));
     }
-    let mut postings = Vec::new();
+    let mut any = false;
+    // Each lot's posting is written before the next is prepared: lots of one substance share
+    // the site × substance totals. (A refusal part-way rolls the whole record back.)
     for (substance, lot, count, book) in &counted.lots {
         if count == book {
             continue;
         }
-        let (term, delta) = if count > book {
-            (Term::AdjustedIn, count - book)
-        } else {
-            (Term::AdjustedOut, book - count)
-        };
-        let delta = i64::try_from(delta)
-            .map_err(|_| invalid("correction.corrects", "the variance exceeds i64"))?;
+        let s = super::rules::substance(ctx, "correction.corrects", substance)?;
+        two_person(ctx, v, signer, s, "correction")?;
         let h = Holding {
             enterprise: &counted.enterprise,
             site: &counted.site,
             substance,
             lot,
         };
-        postings.push(stock::prepare(
+        // The variance is measured against the book at the count; if another count's variance
+        // was accepted into this lot since, that book is gone and this count says nothing more.
+        let at_count = v
+            .get::<JournalRow>(&key::journal_row(&h, counted.at_ms, corrects))
+            .map_err(se)?
+            .map(|r| r.totals)
+            .unwrap_or_default();
+        let now = v.totals(&h).map_err(se)?;
+        let adjusted = |t: &Totals| (t.get(Term::AdjustedIn), t.get(Term::AdjustedOut));
+        if adjusted(&at_count) != adjusted(&now) {
+            return Err(precondition(
+                "correction.corrects",
+                format!(
+                    "lot `{lot}` was adjusted by another count's acceptance after count {corrects}: count again"
+                ),
+            ));
+        }
+        let (term, delta) = if count > book {
+            if v.get::<LotView>(&key::lot(lot)).map_err(se)?.is_none() {
+                return Err(precondition(
+                    "correction.corrects",
+                    format!(
+                        "count {corrects} found {} of lot `{lot}`, which does not exist: goods of unknown origin are not booked by a correction",
+                        count - book
+                    ),
+                ));
+            }
+            (Term::AdjustedIn, count - book)
+        } else {
+            (Term::AdjustedOut, book - count)
+        };
+        let delta = i64::try_from(delta)
+            .map_err(|_| invalid("correction.corrects", "the variance exceeds i64"))?;
+        stock::prepare(
             ctx,
             v,
             &h,
@@ -764,16 +821,15 @@ fn accept_count(
                 delta,
             },
             "correction.corrects",
-        )?);
+        )?
+        .write(v);
+        any = true;
     }
-    if postings.is_empty() {
+    if !any {
         return Err(precondition(
             "correction.corrects",
             format!("count {corrects} agrees with the book: there is no variance to accept"),
         ));
-    }
-    for posting in postings {
-        posting.write(v);
     }
     counted.accepted_by = Some(ctx.index);
     v.put(key::counted(corrects), &counted);

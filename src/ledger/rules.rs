@@ -1292,6 +1292,6 @@ fn stock_take(
             "must count at least one substance × lot",
         ));
     }
-    let counts = custody::checked_counts(ctx, "stock_take.counts", &p.counts)?;
+    let counts = custody::checked_counts(ctx, v, "stock_take.counts", &p.counts)?;
     stock::count(ctx, v, &ent.credit_code, &p.site_id, &counts, false)
 }

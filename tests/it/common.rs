@@ -478,3 +478,59 @@ pub async fn scenario(s: &Server) -> u64 {
     .unwrap();
     s.ledger.size()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for custody.rs: keys of named holders, officials, and co-signed records.
+// ---------------------------------------------------------------------------------------------
+
+/// Registers an enterprise key held by `holder` (two-person control compares holders).
+pub fn register_held(key: &SigningKey, enterprise: &str, holder: &str) -> Payload {
+    Payload::RegisterKey(pb::RegisterKey {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        role: pb::Role::Enterprise as i32,
+        enterprise: enterprise.into(),
+        jurisdiction: String::new(),
+        holder: holder.into(),
+        validity: None,
+    })
+}
+
+/// Registers an inspector or witness key covering `jurisdiction`.
+pub fn register_official(
+    key: &SigningKey,
+    role: pb::Role,
+    jurisdiction: &str,
+    holder: &str,
+) -> Payload {
+    Payload::RegisterKey(pb::RegisterKey {
+        public_key: key.verifying_key().to_bytes().to_vec(),
+        role: role as i32,
+        enterprise: String::new(),
+        jurisdiction: jurisdiction.into(),
+        holder: holder.into(),
+        validity: None,
+    })
+}
+
+/// Signs `payload` at the signer's next position with co-signatures by `cosigners` over the
+/// same body, without advancing the signer (see [`advance`]).
+pub fn cosigned(s: &RecordSigner, payload: Payload, cosigners: &[&SigningKey]) -> pb::SignedRecord {
+    let body = taizhang::codec::encode_body(&s.body(payload, now()));
+    pb::SignedRecord {
+        signature: crypto::sign_record(s.key(), &body).to_vec(),
+        cosignatures: cosigners
+            .iter()
+            .map(|k| pb::Cosignature {
+                key_id: key_id(k).0.to_vec(),
+                signature: crypto::cosign_record(k, &body).to_vec(),
+            })
+            .collect(),
+        body,
+    }
+}
+
+/// Moves a signer past a record it signed without advancing that the ledger accepted.
+pub fn advance(s: &mut RecordSigner, accepted: &pb::SignedRecord) {
+    let next = s.next_seq() + 1;
+    *s = RecordSigner::new(s.key().clone(), ORIGIN).resume(next, crypto::body_hash(&accepted.body));
+}

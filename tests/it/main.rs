@@ -5,6 +5,7 @@ mod common;
 
 mod cli;
 mod crash;
+mod custody;
 mod ingest;
 mod losses;
 mod offline;
