@@ -179,16 +179,18 @@ pub fn trace(
     type Item = (String, String, String, bool);
     let mut followed: BTreeSet<Item> = BTreeSet::new();
     let mut queue: VecDeque<Item> = VecDeque::new();
+    let mut holdings = vec![(lv.created_by.clone(), lv.site.clone())];
     for (k, _) in r.scan_prefix(&key::lot_holdings(lot)).map_err(se)? {
         let rest = &k[key::lot_holdings(lot).len()..];
         let mut parts = rest.split(|&c| c == 0);
-        let (Some(ent), Some(site)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let (ent, site) = (
-            String::from_utf8_lossy(ent).to_string(),
-            String::from_utf8_lossy(site).to_string(),
-        );
+        if let (Some(ent), Some(site)) = (parts.next(), parts.next()) {
+            holdings.push((
+                String::from_utf8_lossy(ent).to_string(),
+                String::from_utf8_lossy(site).to_string(),
+            ));
+        }
+    }
+    for (ent, site) in holdings {
         for forward in [true, false] {
             if (forward && direction != Direction::Backward)
                 || (!forward && direction != Direction::Forward)

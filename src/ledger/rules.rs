@@ -840,7 +840,7 @@ fn produce(
         substance: &s.id,
         lot: &p.lot,
     };
-    let posting = stock::prepare(
+    let posting = stock::prepare_new_lot(
         ctx,
         v,
         &h,
@@ -857,6 +857,7 @@ fn produce(
             substance: s.id.clone(),
             created_by: ent.credit_code.clone(),
             created_by_entry: ctx.index,
+            site: p.site_id.clone(),
             derived_from: None,
         },
     );
@@ -1222,6 +1223,7 @@ fn receive(
                 substance: s.id.clone(),
                 created_by: ent.credit_code.clone(),
                 created_by_entry: ctx.index,
+                site: p.site_id.clone(),
                 derived_from: Some(shipment.lot.clone()),
             }),
         }
@@ -1234,17 +1236,16 @@ fn receive(
         substance: &s.id,
         lot: &lot_id,
     };
-    let posting = stock::prepare(
-        ctx,
-        v,
-        &h,
-        Change::Move {
-            term: Term::Received,
-            quantity: q,
-            shipment: Some(ship_index),
-        },
-        "receive.quantity.amount",
-    )?;
+    let change = Change::Move {
+        term: Term::Received,
+        quantity: q,
+        shipment: Some(ship_index),
+    };
+    let posting = if new_lot.is_some() {
+        stock::prepare_new_lot(ctx, v, &h, change, "receive.quantity.amount")?
+    } else {
+        stock::prepare(ctx, v, &h, change, "receive.quantity.amount")?
+    };
     // Each permit the shipment drew on learns what its buyer side received.
     let mut permits_received = Vec::new();
     for &i in &shipment.permits {

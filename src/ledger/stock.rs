@@ -132,6 +132,29 @@ pub(super) fn prepare(
     change: Change,
     field: &str,
 ) -> Result<Posting, Refusal> {
+    prepare_at(ctx, v, h, change, field, false)
+}
+
+/// `prepare` for the posting that creates lot `h.lot` at `h`: its `LotView` names this holding,
+/// so the holdings index `lh/` need not.
+pub(super) fn prepare_new_lot(
+    ctx: &Ctx<'_>,
+    v: &Views<'_>,
+    h: &Holding<'_>,
+    change: Change,
+    field: &str,
+) -> Result<Posting, Refusal> {
+    prepare_at(ctx, v, h, change, field, true)
+}
+
+fn prepare_at(
+    ctx: &Ctx<'_>,
+    v: &Views<'_>,
+    h: &Holding<'_>,
+    change: Change,
+    field: &str,
+    creates_lot: bool,
+) -> Result<Posting, Refusal> {
     let stock = Stock {
         enterprise: h.enterprise,
         site: h.site,
@@ -166,7 +189,7 @@ pub(super) fn prepare(
             encode(&row(stock_new)),
         ),
     ];
-    if old_lot.is_none() {
+    if old_lot.is_none() && !creates_lot {
         writes.push((key::lot_holding(h.lot, h.enterprise, h.site), Vec::new()));
     }
     if old_stock.is_none() {

@@ -82,7 +82,7 @@ pub fn import(
         substance: &s.id,
         lot: &p.lot,
     };
-    let posting = stock::prepare(
+    let posting = stock::prepare_new_lot(
         ctx,
         v,
         &h,
@@ -100,6 +100,7 @@ pub fn import(
             substance: s.id.clone(),
             created_by: ent.credit_code.clone(),
             created_by_entry: ctx.index,
+            site: p.site_id.clone(),
             derived_from: None,
         },
     );

@@ -20,7 +20,7 @@ pub const META_GENESIS: &[u8] = b"meta/genesis";
 pub const META_FORMAT: &[u8] = b"meta/format";
 /// The views' format: 2 = entry index blocks of fixed-width entries; 3 = permits, shipments
 /// that name the permits they drew on.
-pub const VIEW_FORMAT: u32 = 4;
+pub const VIEW_FORMAT: u32 = 5;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +92,8 @@ pub struct LotView {
     /// Enterprise that created the lot (producer, importer, or receiver that re-lotted it).
     pub created_by: String,
     pub created_by_entry: u64,
+    /// The site where it came into existence (its first holding, which `lh/` does not list).
+    pub site: String,
     /// For a lot created on receipt: the lot it was received from.
     pub derived_from: Option<String>,
 }
@@ -626,7 +628,8 @@ pub mod key {
     pub fn stock_journal_row(s: &Stock<'_>, at_ms: u64, entry: u64) -> Vec<u8> {
         timed(stock_journal(s), at_ms, entry)
     }
-    /// Where a lot is held: `lh/<lot>\0<enterprise>\0<site>\0` → ().
+    /// Where a lot is held, besides the site it was created at (`LotView::site`):
+    /// `lh/<lot>\0<enterprise>\0<site>\0` → ().
     pub fn lot_holdings(lot: &str) -> Vec<u8> {
         [b"lh/".as_slice(), lot.as_bytes(), b"\0"].concat()
     }

@@ -48,6 +48,18 @@ pub trait ViewStore: Send {
     }
     /// Applies a batch atomically.
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError>;
+    /// `apply` of borrowed pairs (the write-back layer's chunks, which readers still hold),
+    /// sparing a copy where the engine copies anyway.
+    fn apply_pairs(
+        &self,
+        pairs: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        self.apply(
+            pairs
+                .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                .collect(),
+        )
+    }
     /// Removes everything.
     fn clear(&self) -> Result<(), StoreError>;
     /// Asks the engine to write its buffers out (not a durability promise; see DESIGN §7).
@@ -332,6 +344,19 @@ impl ViewStore for SledViews {
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b).map_err(sled_err)
+    }
+    fn apply_pairs(
+        &self,
+        pairs: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in pairs {
             match v {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),

@@ -91,11 +91,11 @@ impl WriteBack {
             .name("taizhang-views".into())
             .spawn(move || {
                 for chunk in rx {
-                    let items: ViewBatch =
-                        chunk.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let _gate = gate2.write();
-                        inner2.apply(items)
+                        inner2.apply_pairs(
+                            &mut chunk.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+                        )
                     }))
                     .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
                     if let Ok(mut l) = layers2.write() {
