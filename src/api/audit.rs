@@ -317,7 +317,12 @@ impl pb::audit_server::Audit for AuditService {
                 lot: p.lot.clone(),
                 term: term_pb(p.term) as i32,
                 quantity: sint(p.quantity)?,
-                shipment: p.shipment.map(|i| refs.get(i)).transpose()?,
+                // A shipment's own row is the Ship entry: cite it once.
+                shipment: p
+                    .shipment
+                    .filter(|&i| i != p.entry)
+                    .map(|i| refs.get(i))
+                    .transpose()?,
                 corrects: p.corrects.map(|i| refs.get(i)).transpose()?,
             });
         }
