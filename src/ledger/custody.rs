@@ -39,6 +39,32 @@ pub(super) fn posted(
     );
 }
 
+/// Takes `q` out of holding `h` for a `kind` record (use, destruction, loss), and records the
+/// posting so a correction can amend it.
+fn take_out(
+    ctx: &Ctx<'_>,
+    v: &mut Views<'_>,
+    kind: &str,
+    term: Term,
+    h: &Holding<'_>,
+    q: u64,
+) -> Result<(), Refusal> {
+    stock::prepare(
+        ctx,
+        v,
+        h,
+        Change::Move {
+            term,
+            quantity: q,
+            shipment: None,
+        },
+        &format!("{kind}.quantity.amount"),
+    )?
+    .write(v);
+    posted(ctx, v, kind, term, h, q);
+    Ok(())
+}
+
 /// The cosigners' keys.
 fn cosigners(ctx: &Ctx<'_>, v: &Views<'_>) -> Result<Vec<(KeyId, KeyInfo)>, Refusal> {
     ctx.cosigners
@@ -146,19 +172,7 @@ pub(super) fn consume(
         substance: &s.id,
         lot: &p.lot,
     };
-    let posting = stock::prepare(
-        ctx,
-        v,
-        &h,
-        Change::Move {
-            term: Term::Consumed,
-            quantity: q,
-            shipment: None,
-        },
-        "consume.quantity.amount",
-    )?;
-    posting.write(v);
-    posted(ctx, v, "consume", Term::Consumed, &h, q);
+    take_out(ctx, v, "consume", Term::Consumed, &h, q)?;
     Ok(())
 }
 
@@ -202,19 +216,7 @@ pub(super) fn destroy(
         substance: &s.id,
         lot: &p.lot,
     };
-    let posting = stock::prepare(
-        ctx,
-        v,
-        &h,
-        Change::Move {
-            term: Term::Destroyed,
-            quantity: q,
-            shipment: None,
-        },
-        "destroy.quantity.amount",
-    )?;
-    posting.write(v);
-    posted(ctx, v, "destroy", Term::Destroyed, &h, q);
+    take_out(ctx, v, "destroy", Term::Destroyed, &h, q)?;
     Ok(())
 }
 
@@ -272,19 +274,7 @@ pub(super) fn loss_report(
         substance: &s.id,
         lot: &p.lot,
     };
-    let posting = stock::prepare(
-        ctx,
-        v,
-        &h,
-        Change::Move {
-            term: Term::Lost,
-            quantity: q,
-            shipment: None,
-        },
-        "loss_report.quantity.amount",
-    )?;
-    posting.write(v);
-    posted(ctx, v, "loss_report", Term::Lost, &h, q);
+    take_out(ctx, v, "loss_report", Term::Lost, &h, q)?;
     v.put(
         key::loss(&ent.credit_code, ctx.index),
         &LossView {
