@@ -293,8 +293,17 @@ async fn run(entries: usize, calls: usize) {
         .connect()
         .await
         .unwrap();
-    let mut audit = pb::audit_client::AuditClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut lc = pb::ledger_client::LedgerClient::connect(url).await.unwrap();
+    let inspector = SigningKey::from_bytes(&[0x52; 32]);
+    let mut audit = pb::audit_client::AuditClient::new(taizhang::api::auth::Signed::new(
+        channel,
+        inspector.clone(),
+    ))
+    .max_decoding_message_size(64 << 20);
+    let mut lc = pb::ledger_client::LedgerClient::new(
+        taizhang::api::auth::connect(url, inspector.clone())
+            .await
+            .unwrap(),
+    );
     let key_id = s.key_id().0.to_vec();
 
     // Warm up, and check the answer is the known one.
@@ -349,14 +358,22 @@ async fn run(entries: usize, calls: usize) {
         lat,
     );
     // The service itself, called without the network: snapshot, reconciliation, protobuf.
-    let svc = taizhang::api::audit::AuditService::new(ledger.clone(), cfg.clone());
+    let gate = std::sync::Arc::new(taizhang::api::auth::Gate::new(
+        ledger.clone(),
+        taizhang::api::auth::DEFAULT_WINDOW_MS,
+    ));
+    let svc = taizhang::api::audit::AuditService::new(ledger.clone(), cfg.clone(), gate);
     let mut lat = Vec::with_capacity(calls);
     let mut bytes = 0;
     for _ in 0..calls {
         use pb::audit_server::Audit;
         let t = Instant::now();
         let r = svc
-            .reconcile_permit(tonic::Request::new(req()))
+            .reconcile_permit(taizhang::api::auth::signed_request(
+                &inspector,
+                "/taizhang.v1.Audit/ReconcilePermit",
+                req(),
+            ))
             .await
             .unwrap()
             .into_inner();

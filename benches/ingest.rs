@@ -232,7 +232,11 @@ async fn run(n: usize) {
             .map(|id| {
                 let url = url.clone();
                 tokio::spawn(async move {
-                    let mut c = LedgerClient::connect(url).await.unwrap();
+                    let mut c = LedgerClient::new(
+                        taizhang::api::auth::connect(url, SigningKey::from_bytes(&[0x52; 32]))
+                            .await
+                            .unwrap(),
+                    );
                     for _ in 0..per {
                         c.get_signer_head(pb::GetSignerHeadRequest { key_id: id.clone() })
                             .await

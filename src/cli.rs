@@ -8,6 +8,7 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use taizhang::api::auth::SignedChannel;
 use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::codec::Cosig;
 use taizhang::crypto::{self, KeyId};
@@ -67,6 +68,11 @@ enum Cmd {
     Export {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
+        /// Secret key file the query is signed with (an inspector or regulator key of national
+        /// scope exports everything; other keys see only the entries they may read). Default:
+        /// the development root regulator.
+        #[arg(long, env = "TAIZHANG_QUERY_KEY")]
+        key: Option<PathBuf>,
         /// Framed entries are written here.
         #[arg(long)]
         out: PathBuf,
@@ -78,6 +84,10 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         what: crate::cli_audit::AuditCmd,
+        /// Secret key file the queries are signed with (a registered inspector, regulator or
+        /// enterprise key; each sees its own scope). Default: the development root regulator.
+        #[arg(long, global = true, env = "TAIZHANG_QUERY_KEY")]
+        key: Option<PathBuf>,
     },
     /// Rebuild the derived views of a data dir from its log (server stopped).
     Reindex {
@@ -247,9 +257,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify { what } => verify_cmd(what),
         Cmd::Export {
             server,
+            key,
             out,
             checkpoint,
-        } => runtime()?.block_on(export(&server, &out, &checkpoint)),
+        } => {
+            let key = query_key(key.as_deref())?;
+            runtime()?.block_on(export(&server, &key, &out, &checkpoint))
+        }
         Cmd::Reindex { ledger } => {
             let cfg = ledger_config(&ledger)?;
             let report = ledger::reindex(cfg).map_err(|e| anyhow!("{e}"))?;
@@ -257,7 +271,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { data } => runtime()?.block_on(demo(data)),
-        Cmd::Audit { what } => runtime()?.block_on(crate::cli_audit::run(what)),
+        Cmd::Audit { what, key } => {
+            let key = query_key(key.as_deref())?;
+            runtime()?.block_on(crate::cli_audit::run(what, key))
+        }
     }
 }
 
@@ -434,15 +451,28 @@ fn load_records(file: &Path) -> Result<Vec<Payload>> {
         .collect()
 }
 
-async fn connect(server: &str) -> Result<LedgerClient<tonic::transport::Channel>> {
-    Ok(LedgerClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?
-        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
+/// The key queries are signed with: `path`, or the development root regulator compiled in.
+fn query_key(path: Option<&Path>) -> Result<SigningKey> {
+    match path {
+        Some(p) => read_secret(p),
+        None => Ok(crypto::parse_secret_key_text(include_str!(
+            "../keys/dev-regulator.key"
+        ))?),
+    }
+}
+
+/// A ledger client whose queries are signed with `key`.
+async fn connect(server: &str, key: &SigningKey) -> Result<LedgerClient<SignedChannel>> {
+    Ok(LedgerClient::new(
+        taizhang::api::auth::connect(server.to_string(), key.clone())
+            .await
+            .with_context(|| format!("connecting to {server}"))?,
+    )
+    .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
 async fn signer_for(
-    client: &mut LedgerClient<tonic::transport::Channel>,
+    client: &mut LedgerClient<SignedChannel>,
     key: SigningKey,
 ) -> Result<RecordSigner> {
     let cp = client
@@ -479,7 +509,7 @@ async fn submit(
 ) -> Result<ExitCode> {
     let payloads = load_records(file)?;
     let key = read_secret(key)?;
-    let mut client = connect(server).await?;
+    let mut client = connect(server, &key).await?;
     let mut signer = signer_for(&mut client, key).await?;
     let mut out = Vec::new();
     let mut failed = 0;
@@ -655,8 +685,8 @@ fn report_export(r: Result<verify::ExportReport, verify::VerifyError>) -> Result
     }
 }
 
-async fn export(server: &str, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
-    let mut client = connect(server).await?;
+async fn export(server: &str, key: &SigningKey, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
+    let mut client = connect(server, key).await?;
     let cp = client
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await?
@@ -673,6 +703,13 @@ async fn export(server: &str, out: &Path, checkpoint: &Path) -> Result<ExitCode>
     while let Some(e) = stream.message().await? {
         if e.index != n {
             bail!("server sent entry {} where {n} was expected", e.index);
+        }
+        if e.redacted {
+            bail!(
+                "entry {n} is not one key {} may read: a whole export needs an inspector or \
+                 regulator key of national scope (--key)",
+                KeyId::of(&key.verifying_key())
+            );
         }
         data.extend(taizhang::codec::frame(
             &e.leaf,
@@ -730,8 +767,8 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         "ledger {DEV_ORIGIN} serving on {url} (data in {})",
         dir.display()
     );
-    let mut client = connect(&url).await?;
-    let mut reg = signer_for(&mut client, regulator).await?;
+    let mut client = connect(&url, &regulator).await?;
+    let mut reg = signer_for(&mut client, regulator.clone()).await?;
     let origin = DEV_ORIGIN;
     let producer = credit_code("91440300MA5DEMX01");
     let buyer = credit_code("91440300MA5DEMX02");
@@ -953,8 +990,10 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     total += 4;
     // The inspector's view of the purchase permit: one draw-down, received 1 g short; the
     // permit closed at that first use and the 2 kg it had left are void.
-    let rec = taizhang::pb::audit_client::AuditClient::connect(url.clone())
-        .await?
+    let mut audit = taizhang::pb::audit_client::AuditClient::new(
+        taizhang::api::auth::connect(url.clone(), regulator.clone()).await?,
+    );
+    let rec = audit
         .reconcile_permit(pb::ReconcilePermitRequest {
             permit: Some(pb::reconcile_permit_request::Permit::PermitNo(
                 "粤药购-2026-0001".into(),
@@ -967,7 +1006,6 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     println!("\ntaizhang audit permit 粤药购-2026-0001:");
     print!("{}", crate::cli_audit::reconciliation_text(&rec));
     // The producer's books balance against its count; the 1 g is found as an in-transit loss.
-    let mut audit = taizhang::pb::audit_client::AuditClient::connect(url.clone()).await?;
     let bal = audit
         .mass_balance(pb::MassBalanceRequest {
             enterprise: producer.clone(),
@@ -995,7 +1033,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     let key = ledger_key.verifying_key();
     let out = tmp.path().join("export.tzl");
     let cpf = tmp.path().join("checkpoint.note");
-    export(&url, &out, &cpf).await?;
+    export(&url, &regulator, &out, &cpf).await?;
     let report =
         verify::verify_export(&std::fs::read(&out)?, &std::fs::read_to_string(&cpf)?, &key)?;
     println!(

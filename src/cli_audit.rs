@@ -2,7 +2,9 @@
 //! default, the proto3 JSON mapping of the answer with `--json`.
 
 use anyhow::{anyhow, bail, Context, Result};
+use ed25519_dalek::SigningKey;
 use std::process::ExitCode;
+use taizhang::api::auth::SignedChannel;
 use taizhang::pb::{self, audit_client::AuditClient};
 
 #[derive(clap::Subcommand)]
@@ -126,22 +128,26 @@ pub enum AuditCmd {
     },
 }
 
-async fn client(server: &str) -> Result<AuditClient<tonic::transport::Channel>> {
-    Ok(AuditClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?
-        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
+async fn client(server: &str, key: &SigningKey) -> Result<AuditClient<SignedChannel>> {
+    Ok(AuditClient::new(
+        taizhang::api::auth::connect(server.to_string(), key.clone())
+            .await
+            .with_context(|| format!("connecting to {server}"))?,
+    )
+    .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
 /// An `EntryRef` for `entry:<index>`, read from the server; `None` for a permit number.
-async fn entry_arg(server: &str, id: &str) -> Result<Option<pb::EntryRef>> {
+async fn entry_arg(server: &str, key: &SigningKey, id: &str) -> Result<Option<pb::EntryRef>> {
     let Some(i) = id.strip_prefix("entry:") else {
         return Ok(None);
     };
     let index: u64 = i.parse().with_context(|| format!("`{id}`: entry index"))?;
-    let mut l = pb::ledger_client::LedgerClient::connect(server.to_string())
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
+    let mut l = pb::ledger_client::LedgerClient::new(
+        taizhang::api::auth::connect(server.to_string(), key.clone())
+            .await
+            .with_context(|| format!("connecting to {server}"))?,
+    );
     let e = l
         .get_entry(pb::GetEntryRequest { index })
         .await
@@ -159,7 +165,8 @@ async fn entry_arg(server: &str, id: &str) -> Result<Option<pb::EntryRef>> {
     }))
 }
 
-pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
+/// Runs an audit query, signed with `key`.
+pub async fn run(cmd: AuditCmd, key: SigningKey) -> Result<ExitCode> {
     match cmd {
         AuditCmd::Trade {
             id,
@@ -168,11 +175,11 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
             json,
         } => {
             use pb::reconcile_import_export_request::Licence;
-            let licence = match entry_arg(&server, &id).await? {
+            let licence = match entry_arg(&server, &key, &id).await? {
                 Some(e) => Licence::Entry(e),
                 None => Licence::PermitNo(id.clone()),
             };
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .reconcile_import_export(pb::ReconcileImportExportRequest {
                     licence: Some(licence),
@@ -189,11 +196,11 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
             as_of_ms,
             json,
         } => {
-            let permit = match entry_arg(&server, &id).await? {
+            let permit = match entry_arg(&server, &key, &id).await? {
                 Some(e) => pb::reconcile_permit_request::Permit::Entry(e),
                 None => pb::reconcile_permit_request::Permit::PermitNo(id.clone()),
             };
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .reconcile_permit(pb::ReconcilePermitRequest {
                     permit: Some(permit),
@@ -226,7 +233,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                         .ok_or_else(|| anyhow!("--state {s}: not a permit state"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .list_permits(pb::ListPermitsRequest {
                     scope: Some(scope),
@@ -250,7 +257,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
             server,
             json,
         } => {
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .mass_balance(pb::MassBalanceRequest {
                     enterprise,
@@ -281,7 +288,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 "backward" => pb::TraceDirection::Backward,
                 d => bail!("--direction {d}: expected both, forward or backward"),
             };
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .trace_lot(pb::TraceLotRequest {
                     lot,
@@ -315,7 +322,7 @@ pub async fn run(cmd: AuditCmd) -> Result<ExitCode> {
                 (None, None, Some(j)) => Scope::Jurisdiction(j),
                 _ => bail!("name --enterprise, --lot or --jurisdiction"),
             };
-            let r = client(&server)
+            let r = client(&server, &key)
                 .await?
                 .find_losses(pb::FindLossesRequest {
                     scope: Some(scope),

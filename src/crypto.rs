@@ -16,6 +16,8 @@ pub const COSIGN_CONTEXT: &[u8] = b"taizhang/v1/cosign\n";
 pub const KEY_ID_CONTEXT: &[u8] = b"taizhang/v1/key\n";
 /// Domain separator for the body hash carried as the next record's `signer_prev`.
 pub const BODY_HASH_CONTEXT: &[u8] = b"taizhang/v1/body\n";
+/// Domain separator of a signed query (authenticated RPC request).
+pub const QUERY_CONTEXT: &[u8] = b"taizhang/v1/query\n";
 
 /// Errors from key parsing and signature verification.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +156,50 @@ pub fn verify_cosignature(
     let field = "cosignatures.signature";
     let sig = parse_signature(field, signature)?;
     key.verify_strict(&message(COSIGN_CONTEXT, body), &sig)
+        .map_err(|_| CryptoError::BadSignature { field })
+}
+
+/// What a query signature covers:
+/// `"taizhang/v1/query\n" || method || "\n" || time_ms (decimal) || "\n" || hex(nonce) || "\n"
+/// || BLAKE3(request)`, where `method` is the gRPC path (`/taizhang.v1.Ledger/GetEntry`) and
+/// `request` the serialized request message.
+pub fn query_message(method: &str, time_ms: u64, nonce: &[u8; 16], request: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(QUERY_CONTEXT.len() + method.len() + 90);
+    m.extend_from_slice(QUERY_CONTEXT);
+    m.extend_from_slice(method.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(time_ms.to_string().as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(hex::encode(nonce).as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(blake3::hash(request).as_bytes());
+    m
+}
+
+/// Signs a query: Ed25519 over [`query_message`].
+pub fn sign_query(
+    key: &SigningKey,
+    method: &str,
+    time_ms: u64,
+    nonce: &[u8; 16],
+    request: &[u8],
+) -> [u8; 64] {
+    key.sign(&query_message(method, time_ms, nonce, request))
+        .to_bytes()
+}
+
+/// Verifies a query signature with `verify_strict`.
+pub fn verify_query(
+    key: &VerifyingKey,
+    method: &str,
+    time_ms: u64,
+    nonce: &[u8; 16],
+    request: &[u8],
+    signature: &[u8],
+) -> Result<(), CryptoError> {
+    let field = "tz-signature";
+    let sig = parse_signature(field, signature)?;
+    key.verify_strict(&query_message(method, time_ms, nonce, request), &sig)
         .map_err(|_| CryptoError::BadSignature { field })
 }
 
@@ -386,4 +432,48 @@ mod tests {
         assert_eq!(body_hash(b"x"), *h.finalize().as_bytes());
         assert_ne!(body_hash(b"x"), *blake3::hash(b"x").as_bytes());
     }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    /// The golden query signature of docs/protocol.md §13.4: RFC 8032 test key 1 signs a
+    /// `GetEntry` for index 7 (request bytes `08 07`) at 1767225600000 ms with nonce 00..0f.
+    #[test]
+    fn query_signature_golden_vector() {
+        let key = SigningKey::from_bytes(
+            &hex::decode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        );
+        let nonce: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let method = "/taizhang.v1.Ledger/GetEntry";
+        let request = [0x08, 0x07];
+        let m = query_message(method, 1_767_225_600_000, &nonce, &request);
+        let mut want = b"taizhang/v1/query\n/taizhang.v1.Ledger/GetEntry\n1767225600000\n000102030405060708090a0b0c0d0e0f\n".to_vec();
+        want.extend_from_slice(blake3::hash(&request).as_bytes());
+        assert_eq!(m, want);
+        let sig = sign_query(&key, method, 1_767_225_600_000, &nonce, &request);
+        assert_eq!(hex::encode(sig), GOLDEN_QUERY_SIGNATURE);
+        let vk = key.verifying_key();
+        verify_query(&vk, method, 1_767_225_600_000, &nonce, &request, &sig).unwrap();
+        // Every input is covered.
+        for (m2, t2, n2, r2) in [
+            (
+                "/taizhang.v1.Ledger/ExportEntries",
+                1_767_225_600_000,
+                nonce,
+                &request[..],
+            ),
+            (method, 1_767_225_600_001, nonce, &request[..]),
+            (method, 1_767_225_600_000, [0; 16], &request[..]),
+            (method, 1_767_225_600_000, nonce, &[0x08, 0x08][..]),
+        ] {
+            assert!(verify_query(&vk, m2, t2, &n2, r2, &sig).is_err());
+        }
+    }
+
+    const GOLDEN_QUERY_SIGNATURE: &str = "26e210295696c58dd9737c0e92939bf31d9ac7a90069482dd641d8ee51047bcb859072a1c590381fce07e6c1285947ddba3e504bc87205907bc3fddb6ab85c0e";
 }

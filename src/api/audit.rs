@@ -1,7 +1,9 @@
 //! The `taizhang.v1.Audit` service: audit results (domain types from `audit`) as protobuf,
 //! every entry index turned into an `EntryRef` with its leaf hash.
 
+use super::auth::{Caller, Gate};
 use super::status;
+use crate::audit::access::{self, Access};
 use crate::audit::{balance, losses, permits, picture, trace, trade, AuditConfig};
 use crate::ledger::views::Term;
 use crate::ledger::views::{ClosedHow, PermitState};
@@ -13,11 +15,47 @@ use tonic::{Request, Response, Status};
 pub struct AuditService {
     ledger: Ledger,
     cfg: AuditConfig,
+    gate: std::sync::Arc<Gate>,
+}
+
+/// The refusal for what is outside a reader's scope, worded the same whether or not it exists.
+fn out_of_scope(field: &str, what: &str) -> Status {
+    Status::permission_denied(format!(
+        "{field}: {what} is not in your key's scope (an enterprise reads what it is party to, \
+         an official its jurisdiction)"
+    ))
+}
+
+/// For a scoped reader, "not found" becomes the out-of-scope refusal, so neither says whether
+/// another party's permit or lot exists.
+fn hide_absence(access: &Access, field: &str, what: &str, s: Status) -> Status {
+    if !access.is_all() && s.code() == tonic::Code::NotFound {
+        out_of_scope(field, what)
+    } else {
+        s
+    }
 }
 
 impl AuditService {
-    pub fn new(ledger: Ledger, cfg: AuditConfig) -> Self {
-        AuditService { ledger, cfg }
+    pub fn new(ledger: Ledger, cfg: AuditConfig, gate: std::sync::Arc<Gate>) -> Self {
+        AuditService { ledger, cfg, gate }
+    }
+
+    fn caller<T: prost::Message>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+        self.gate
+            .check(req, &format!("/taizhang.v1.Audit/{method}"))
+    }
+
+    fn require_enterprise(&self, access: &Access, field: &str, code: &str) -> Result<(), Status> {
+        let snap = self.ledger.snapshot();
+        if access
+            .covers_enterprise(snap.as_ref(), code)
+            .map_err(status)?
+        {
+            Ok(())
+        } else {
+            Err(out_of_scope(field, &format!("enterprise `{code}`")))
+        }
     }
 
     fn entry_ref(&self, index: u64) -> Result<pb::EntryRef, Status> {
@@ -272,8 +310,10 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::MassBalanceRequest>,
     ) -> Result<Response<pb::MassBalanceResponse>, Status> {
+        let access = self.caller(&req, "MassBalance")?.access;
         let mut r = req.into_inner();
         required("enterprise", &r.enterprise)?;
+        self.require_enterprise(&access, "enterprise", &r.enterprise)?;
         required("site", &r.site)?;
         required("substance", &r.substance)?;
         if self.ledger.catalogue().get(&r.substance).is_none() {
@@ -367,6 +407,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::TraceLotRequest>,
     ) -> Result<Response<pb::TraceLotResponse>, Status> {
+        let access = self.caller(&req, "TraceLot")?.access;
         let r = req.into_inner();
         required("lot", &r.lot)?;
         let direction = match pb::TraceDirection::try_from(r.direction) {
@@ -385,8 +426,18 @@ impl pb::audit_server::Audit for AuditService {
         } else {
             r.max_edges as usize
         };
-        let (g, ledger_size) =
-            self.on_snapshot(|snap| trace::trace(snap, &r.lot, direction, max_edges))?;
+        let what = format!("lot `{}`", r.lot);
+        let (g, ledger_size) = self
+            .on_snapshot(|snap| {
+                let mut g = trace::trace(snap, &r.lot, direction, max_edges)?;
+                if access.is_all() {
+                    return Ok(Some(g));
+                }
+                let mut covers = |c: &str| access.covers_enterprise(snap, c);
+                Ok(access::restrict_graph(&mut g, &mut covers)?.then_some(g))
+            })
+            .map_err(|s| hide_absence(&access, "lot", &what, s))?;
+        let g = g.ok_or_else(|| out_of_scope("lot", &what))?;
         let cited: Vec<u64> = g
             .edges
             .iter()
@@ -464,6 +515,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::FindLossesRequest>,
     ) -> Result<Response<pb::FindLossesResponse>, Status> {
         use pb::find_losses_request::Scope as S;
+        let access = self.caller(&req, "FindLosses")?.access;
         let r = req.into_inner();
         let scope = match r.scope {
             Some(S::Enterprise(e)) if !e.is_empty() => losses::Scope::Enterprise(e),
@@ -475,6 +527,18 @@ impl pb::audit_server::Audit for AuditService {
                 ))
             }
         };
+        match &scope {
+            losses::Scope::Enterprise(e) => {
+                self.require_enterprise(&access, "scope.enterprise", e)?
+            }
+            losses::Scope::Jurisdiction(j) if !access.covers_jurisdiction(j) => {
+                return Err(out_of_scope(
+                    "scope.jurisdiction",
+                    &format!("division `{j}`"),
+                ))
+            }
+            _ => {}
+        }
         let as_of = Self::as_of(r.as_of_ms);
         let to_ms = if r.to_ms == 0 { u64::MAX } else { r.to_ms };
         if to_ms <= r.from_ms {
@@ -484,7 +548,7 @@ impl pb::audit_server::Audit for AuditService {
             )));
         }
         let (f, ledger_size) = self.on_snapshot(|snap| {
-            losses::find(
+            let mut f = losses::find(
                 snap,
                 &self.cfg,
                 self.ledger.catalogue(),
@@ -492,7 +556,12 @@ impl pb::audit_server::Audit for AuditService {
                 r.from_ms,
                 to_ms,
                 as_of,
-            )
+            )?;
+            if !access.is_all() {
+                let mut covers = |c: &str| access.covers_enterprise(snap, c);
+                access::restrict_losses(&mut f, &mut covers)?;
+            }
+            Ok(f)
         })?;
         let cited: Vec<u64> = f
             .losses
@@ -557,6 +626,7 @@ impl pb::audit_server::Audit for AuditService {
         req: Request<pb::ReconcileImportExportRequest>,
     ) -> Result<Response<pb::TradeReconciliation>, Status> {
         use pb::reconcile_import_export_request::Licence;
+        let access = self.caller(&req, "ReconcileImportExport")?.access;
         let r = req.into_inner();
         let as_of = Self::as_of(r.as_of_ms);
         let ledger_size: u64;
@@ -570,8 +640,24 @@ impl pb::audit_server::Audit for AuditService {
                 Some(Licence::Entry(e)) => (None, Some(e)),
                 None => (None, None),
             };
-            let e = self.permit_entry(snap.as_ref(), no, entry)?;
-            trade::reconcile(snap.as_ref(), &self.cfg, e, as_of).map_err(status)?
+            let what = match (&no, &entry) {
+                (Some(n), _) => format!("licence `{n}`"),
+                (None, Some(e)) => format!("entry {}", e.index),
+                _ => "the licence".into(),
+            };
+            let e = self
+                .permit_entry(snap.as_ref(), no, entry)
+                .map_err(|s| hide_absence(&access, "licence", &what, s))?;
+            let rec = trade::reconcile(snap.as_ref(), &self.cfg, e, as_of)
+                .map_err(|r| hide_absence(&access, "licence", &what, status(r)))?;
+            let p = &rec.licence.permit;
+            if !access
+                .covers_any(snap.as_ref(), [p.holder.as_str()])
+                .map_err(status)?
+            {
+                return Err(out_of_scope("licence", &what));
+            }
+            rec
         };
         let cited: Vec<u64> = rec
             .movements
@@ -642,6 +728,7 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::ReconcilePermitRequest>,
     ) -> Result<Response<pb::PermitReconciliation>, Status> {
+        let access = self.caller(&req, "ReconcilePermit")?.access;
         let r = req.into_inner();
         let as_of = Self::as_of(r.as_of_ms);
         let ledger_size: u64;
@@ -655,8 +742,32 @@ impl pb::audit_server::Audit for AuditService {
                 Some(pb::reconcile_permit_request::Permit::Entry(e)) => (None, Some(e)),
                 None => (None, None),
             };
-            let issue_entry = self.permit_entry(snap.as_ref(), no, entry)?;
-            permits::reconcile(snap.as_ref(), &self.cfg, issue_entry, as_of).map_err(status)?
+            let what = match (&no, &entry) {
+                (Some(n), _) => format!("permit `{n}`"),
+                (None, Some(e)) => format!("entry {}", e.index),
+                _ => "the permit".into(),
+            };
+            let issue_entry = self
+                .permit_entry(snap.as_ref(), no, entry)
+                .map_err(|s| hide_absence(&access, "permit", &what, s))?;
+            let rec = permits::reconcile(snap.as_ref(), &self.cfg, issue_entry, as_of)
+                .map_err(|r| hide_absence(&access, "permit", &what, status(r)))?;
+            let p = &rec.summary.permit;
+            if !access
+                .covers_any(
+                    snap.as_ref(),
+                    [
+                        p.holder.as_str(),
+                        p.counterparty.as_str(),
+                        p.consignee.as_str(),
+                        p.carrier.as_str(),
+                    ],
+                )
+                .map_err(status)?
+            {
+                return Err(out_of_scope("permit", &what));
+            }
+            rec
         };
         let cited: Vec<u64> = rec
             .draw_downs
@@ -713,14 +824,19 @@ impl pb::audit_server::Audit for AuditService {
         &self,
         req: Request<pb::ListPermitsRequest>,
     ) -> Result<Response<pb::ListPermitsResponse>, Status> {
+        let access = self.caller(&req, "ListPermits")?.access;
         let r = req.into_inner();
         let scope = match r.scope {
             Some(pb::list_permits_request::Scope::Holder(h)) if !h.is_empty() => {
+                self.require_enterprise(&access, "holder", &h)?;
                 permits::Scope::Holder(h)
             }
             Some(pb::list_permits_request::Scope::Jurisdiction(j)) => {
                 crate::model::check_region_code(&j, true)
                     .map_err(|e| Status::invalid_argument(format!("jurisdiction: {e}")))?;
+                if !access.covers_jurisdiction(&j) {
+                    return Err(out_of_scope("jurisdiction", &format!("division `{j}`")));
+                }
                 permits::Scope::Jurisdiction(j)
             }
             _ => {

@@ -3,7 +3,9 @@
 //! messages to and from domain types, and the one place a `Refusal` becomes a `Status`.
 
 pub mod audit;
+pub mod auth;
 
+use crate::audit::access::Access;
 use crate::crypto::KeyId;
 use crate::ledger::{Code, Ledger, Receipt, Refusal, Submission};
 use crate::pb::{self, ledger_server::LedgerServer};
@@ -81,6 +83,51 @@ fn entry_pb(index: u64, leaf: Vec<u8>, hash: [u8; 32]) -> pb::Entry {
         index,
         leaf,
         leaf_hash: hash.to_vec(),
+        redacted: false,
+    }
+}
+
+/// Entry `index` as `access` may see it: whole, or only its index and leaf hash.
+fn entry_for(ledger: &Ledger, access: &Access, index: u64) -> Result<pb::Entry, Status> {
+    let (leaf, hash) = ledger.entry(index).map_err(status)?;
+    let snap = ledger.snapshot();
+    if access
+        .covers_entry(ledger, snap.as_ref(), index)
+        .map_err(status)?
+    {
+        Ok(entry_pb(index, leaf, hash))
+    } else {
+        Ok(pb::Entry {
+            index,
+            leaf: Vec::new(),
+            leaf_hash: hash.to_vec(),
+            redacted: true,
+        })
+    }
+}
+
+/// Whether `caller` may read the chain head and evidence of key `id`: its own, its
+/// enterprise's, or (for officials) a key registered inside its jurisdiction.
+fn may_read_key(ledger: &Ledger, caller: &auth::Caller, id: &KeyId) -> Result<(), Status> {
+    if caller.access.is_all() || caller.key == *id {
+        return Ok(());
+    }
+    let info = ledger.key_info(id).map_err(status)?;
+    let snap = ledger.snapshot();
+    let ok = match &info {
+        None => false,
+        Some(k) if !k.enterprise.is_empty() => caller
+            .access
+            .covers_enterprise(snap.as_ref(), &k.enterprise)
+            .map_err(status)?,
+        Some(k) => !k.jurisdiction.is_empty() && caller.access.covers_jurisdiction(&k.jurisdiction),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "key_id: {id} is not a key of your enterprise or jurisdiction"
+        )))
     }
 }
 
@@ -88,11 +135,12 @@ fn entry_pb(index: u64, leaf: Vec<u8>, hash: [u8; 32]) -> pb::Entry {
 #[derive(Clone)]
 pub struct LedgerService {
     ledger: Ledger,
+    gate: std::sync::Arc<auth::Gate>,
 }
 
 impl LedgerService {
-    pub fn new(ledger: Ledger) -> Self {
-        LedgerService { ledger }
+    pub fn new(ledger: Ledger, gate: std::sync::Arc<auth::Gate>) -> Self {
+        LedgerService { ledger, gate }
     }
 }
 
@@ -227,9 +275,16 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::Entry>, Status> {
+        let caller = self.gate.check(&req, "/taizhang.v1.Ledger/GetEntry")?;
         let index = req.into_inner().index;
-        let (leaf, hash) = self.ledger.entry(index).map_err(status)?;
-        Ok(Response::new(entry_pb(index, leaf, hash)))
+        let e = entry_for(&self.ledger, &caller.access, index)?;
+        if e.redacted {
+            return Err(Status::permission_denied(format!(
+                "index: entry {index} is not one your key may read (an enterprise reads what it \
+                 is party to, an official its jurisdiction)"
+            )));
+        }
+        Ok(Response::new(e))
     }
 
     async fn get_checkpoint(
@@ -283,8 +338,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::GetSignerHeadRequest>,
     ) -> Result<Response<pb::SignerHead>, Status> {
+        let caller = self.gate.check(&req, "/taizhang.v1.Ledger/GetSignerHead")?;
         let id = KeyId::from_slice("key_id", &req.into_inner().key_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        may_read_key(&self.ledger, &caller, &id)?;
         let h = self.ledger.signer_head(&id).map_err(status)?;
         Ok(Response::new(pb::SignerHead {
             key_id: id.0.to_vec(),
@@ -298,8 +355,12 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::GetEquivocationsRequest>,
     ) -> Result<Response<pb::GetEquivocationsResponse>, Status> {
+        let caller = self
+            .gate
+            .check(&req, "/taizhang.v1.Ledger/GetEquivocations")?;
         let id = KeyId::from_slice("key_id", &req.into_inner().key_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        may_read_key(&self.ledger, &caller, &id)?;
         let list = self.ledger.equivocations(&id).map_err(status)?;
         Ok(Response::new(pb::GetEquivocationsResponse {
             equivocations: list
@@ -333,6 +394,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::ExportEntriesRequest>,
     ) -> Result<Response<Self::ExportEntriesStream>, Status> {
+        let access = self
+            .gate
+            .check(&req, "/taizhang.v1.Ledger/ExportEntries")?
+            .access;
         let r = req.into_inner();
         let (_, size, _) = self.ledger.checkpoint().map_err(status)?;
         let to = if r.to == 0 {
@@ -350,10 +415,7 @@ impl pb::ledger_server::Ledger for LedgerService {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::task::spawn_blocking(move || {
             for i in r.from..to {
-                let item = ledger
-                    .entry(i)
-                    .map(|(l, h)| entry_pb(i, l, h))
-                    .map_err(status);
+                let item = entry_for(&ledger, &access, i);
                 let stop = item.is_err();
                 if tx.blocking_send(item).is_err() || stop {
                     break;
@@ -371,6 +433,10 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::WatchEntriesRequest>,
     ) -> Result<Response<Self::WatchEntriesStream>, Status> {
+        let access = self
+            .gate
+            .check(&req, "/taizhang.v1.Ledger/WatchEntries")?
+            .access;
         let mut next = req.into_inner().from;
         let ledger = self.ledger.clone();
         let mut size_rx = ledger.subscribe_size();
@@ -379,10 +445,7 @@ impl pb::ledger_server::Ledger for LedgerService {
             loop {
                 let size = *size_rx.borrow_and_update();
                 while next < size {
-                    let item = ledger
-                        .entry(next)
-                        .map(|(l, h)| entry_pb(next, l, h))
-                        .map_err(status);
+                    let item = entry_for(&ledger, &access, next);
                     if tx.send(item).await.is_err() {
                         return;
                     }
@@ -463,10 +526,14 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let audit_svc =
-        pb::audit_server::AuditServer::new(audit::AuditService::new(ledger.clone(), audit_cfg))
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let svc = LedgerServer::new(LedgerService::new(ledger))
+    let gate = std::sync::Arc::new(auth::Gate::new(ledger.clone(), auth::DEFAULT_WINDOW_MS));
+    let audit_svc = pb::audit_server::AuditServer::new(audit::AuditService::new(
+        ledger.clone(),
+        audit_cfg,
+        gate.clone(),
+    ))
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = LedgerServer::new(LedgerService::new(ledger, gate))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Small request/response messages: Nagle's algorithm would hold each for a delayed ACK.

@@ -4,6 +4,7 @@
 //! Results are domain types; `api` turns them into protobuf and entry indices into
 //! `EntryRef`s with their leaf hashes.
 
+pub mod access;
 pub mod balance;
 pub mod losses;
 pub mod permits;

@@ -8,9 +8,15 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use taizhang::crypto;
 
+/// Runs `taizhang ARGS` in `cwd`; queries are signed with `cwd/keys/regulator.key` when there
+/// is one (the root regulator `serve` is started with).
 fn run(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(bin())
-        .args(args)
+    let mut cmd = Command::new(bin());
+    let key = cwd.join("keys/regulator.key");
+    if key.exists() {
+        cmd.env("TAIZHANG_QUERY_KEY", key);
+    }
+    cmd.args(args)
         .current_dir(cwd)
         .env("TAIZHANG_LOG", "warn")
         .output()

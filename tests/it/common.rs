@@ -5,12 +5,12 @@
 use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::crypto::{self, KeyId};
 use taizhang::ledger::{Config, Ledger};
 use taizhang::model::{credit_code_check_char, Catalogue};
 use taizhang::pb::{self, ledger_client::LedgerClient, record_body::Payload};
-use tonic::transport::Channel;
 
 pub const ORIGIN: &str = "taizhang.test/ledger";
 pub const EPHEDRINE: &str = "299-42-3";
@@ -18,6 +18,59 @@ pub const ACETONE: &str = "67-64-1";
 
 pub fn regulator_key() -> SigningKey {
     SigningKey::from_bytes(&[0x52; 32])
+}
+
+/// A root regulator of national scope named in the test Genesis: the key the fixtures' clients
+/// sign their queries with, so they read everything.
+pub fn national_key() -> SigningKey {
+    SigningKey::from_bytes(&[0x4e; 32])
+}
+
+/// The secret key file of `key`, written once into a directory that lives as long as the tests.
+pub fn key_file(key: &SigningKey) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let path = dir.path().join(format!("{}.key", key_id(key)));
+    if !path.exists() {
+        let tmp = dir.path().join(format!(
+            "{}.tmp{:?}",
+            key_id(key),
+            std::thread::current().id()
+        ));
+        std::fs::write(&tmp, crypto::secret_key_text(key)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A ledger client at `url` whose queries are signed by the national root regulator.
+pub async fn ledger_client(url: &str) -> LedgerClient<Channel> {
+    client_as(url, national_key()).await
+}
+
+/// A ledger client at `url` whose queries are signed by `key`.
+pub async fn client_as(url: &str, key: SigningKey) -> LedgerClient<Channel> {
+    LedgerClient::new(
+        taizhang::api::auth::connect(url.to_string(), key)
+            .await
+            .unwrap(),
+    )
+    .max_decoding_message_size(64 << 20)
+}
+
+/// An audit client at `url` whose queries are signed by the national root regulator.
+pub async fn audit_client(url: &str) -> pb::audit_client::AuditClient<Channel> {
+    audit_as(url, national_key()).await
+}
+
+/// An audit client at `url` whose queries are signed by `key`.
+pub async fn audit_as(url: &str, key: SigningKey) -> pb::audit_client::AuditClient<Channel> {
+    pb::audit_client::AuditClient::new(
+        taizhang::api::auth::connect(url.to_string(), key)
+            .await
+            .unwrap(),
+    )
+    .max_decoding_message_size(64 << 20)
 }
 
 pub fn ledger_key() -> SigningKey {
@@ -36,13 +89,22 @@ pub fn config(dir: &Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
         origin: ORIGIN.into(),
-        root_regulators: vec![pb::AuthorityKey {
-            public_key: regulator_key().verifying_key().to_bytes().to_vec(),
-            name: "test-regulator".into(),
-            agency: pb::Agency::PublicSecurity as i32,
-            jurisdiction: "44".into(),
-            validity: None,
-        }],
+        root_regulators: vec![
+            pb::AuthorityKey {
+                public_key: regulator_key().verifying_key().to_bytes().to_vec(),
+                name: "test-regulator".into(),
+                agency: pb::Agency::PublicSecurity as i32,
+                jurisdiction: "44".into(),
+                validity: None,
+            },
+            pb::AuthorityKey {
+                public_key: national_key().verifying_key().to_bytes().to_vec(),
+                name: "test-national".into(),
+                agency: pb::Agency::PublicSecurity as i32,
+                jurisdiction: String::new(),
+                validity: None,
+            },
+        ],
         ledger_key: ledger_key(),
         catalogue: Arc::new(Catalogue::embedded()),
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
@@ -107,11 +169,9 @@ impl Server {
         }
     }
 
+    /// A ledger client whose queries are signed by the national root regulator.
     pub async fn client(&self) -> LedgerClient<Channel> {
-        LedgerClient::connect(self.url.clone())
-            .await
-            .unwrap()
-            .max_decoding_message_size(64 << 20)
+        ledger_client(&self.url).await
     }
 
     /// Stops serving and waits for the server task.

@@ -84,10 +84,10 @@ async fn listening(child: &mut Child, log: &Path) -> String {
     format!("http://{addr}")
 }
 
-async fn connect(url: &str) -> LedgerClient<tonic::transport::Channel> {
+async fn connect(url: &str) -> LedgerClient<taizhang::api::auth::SignedChannel> {
     for _ in 0..100 {
-        if let Ok(c) = LedgerClient::connect(url.to_string()).await {
-            return c.max_decoding_message_size(64 << 20);
+        if let Ok(c) = taizhang::api::auth::connect(url.to_string(), regulator_key()).await {
+            return LedgerClient::new(c).max_decoding_message_size(64 << 20);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -108,8 +108,8 @@ async fn client_loop(
     acked: Arc<Mutex<Acked>>,
     n: usize,
 ) -> RecordSigner {
-    let mut c = match LedgerClient::connect(url).await {
-        Ok(c) => c,
+    let mut c = match taizhang::api::auth::connect(url, regulator_key()).await {
+        Ok(c) => LedgerClient::new(c),
         Err(_) => return signer,
     };
     let ledger = ledger_key().verifying_key();
@@ -256,7 +256,7 @@ async fn kill_9_at_random_moments_loses_no_acknowledged_entry() {
 }
 
 async fn resume(
-    c: &mut LedgerClient<tonic::transport::Channel>,
+    c: &mut LedgerClient<taizhang::api::auth::SignedChannel>,
     signers: Vec<RecordSigner>,
 ) -> Vec<RecordSigner> {
     let mut out = Vec::new();
@@ -279,7 +279,7 @@ async fn resume(
 /// Checks acknowledged entries and checkpoint consistency; with `full`, exports and verifies
 /// the whole log offline. Returns the entries checked and the consistency proofs verified.
 async fn check(
-    c: &mut LedgerClient<tonic::transport::Channel>,
+    c: &mut LedgerClient<taizhang::api::auth::SignedChannel>,
     acked: &Arc<Mutex<Acked>>,
     full: bool,
 ) -> (u64, u64) {

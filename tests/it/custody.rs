@@ -12,6 +12,7 @@
 use crate::common::*;
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::codec;
 use taizhang::crypto;
@@ -23,7 +24,7 @@ use taizhang::pb::{
     self, ledger_client::LedgerClient, record_body::Payload, Activity, Category, LegKind, LossKind,
     Role,
 };
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
 type Client = LedgerClient<Channel>;
 

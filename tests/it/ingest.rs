@@ -13,6 +13,7 @@
 use crate::common::*;
 use ed25519_dalek::{Signer, SigningKey};
 use std::collections::BTreeMap;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::codec::{self, Cosig, MAX_BODY_BYTES};
 use taizhang::crypto::{self, KeyId};
@@ -20,7 +21,7 @@ use taizhang::ledger::views::{key, CountView, Holding};
 use taizhang::merkle::{verify_consistency, verify_inclusion, Blake3Hasher};
 use taizhang::pb::{self, ledger_client::LedgerClient, record_body::Payload};
 use taizhang::verify::{open_ledger_checkpoint, verify_receipt, ReceiptParts};
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
 type Client = LedgerClient<Channel>;
 

@@ -6,9 +6,9 @@
 use crate::common::*;
 use ed25519_dalek::SigningKey;
 use prost::Message;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::pb::{self, audit_client::AuditClient, record_body::Payload};
-use tonic::transport::Channel;
 
 const DAY: u64 = 86_400_000;
 
@@ -43,7 +43,7 @@ fn reference(r: &pb::Receipt) -> pb::EntryRef {
 async fn scene() -> Scene {
     let server = Server::start().await;
     let mut c = server.client().await;
-    let a = AuditClient::connect(server.url.clone()).await.unwrap();
+    let a = crate::common::audit_client(&server.url).await;
     let mut w = World::setup(&mut c).await;
     use pb::{Activity::*, Category::*};
     let mut extra = Vec::new();
@@ -577,6 +577,7 @@ async fn trace_lot_forward_and_backward_with_pictures() {
 fn cli(args: Vec<String>) -> (bool, String) {
     let out = std::process::Command::new(bin())
         .args(&args)
+        .env("TAIZHANG_QUERY_KEY", key_file(&national_key()))
         .output()
         .unwrap();
     (

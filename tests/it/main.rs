@@ -1,6 +1,7 @@
 //! Integration tests, compiled as one binary: real gRPC on loopback, the real CLI binary,
 //! and crash tests that kill the server process.
 
+mod access;
 mod common;
 
 mod cli;

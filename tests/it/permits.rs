@@ -16,6 +16,7 @@ use ed25519_dalek::SigningKey;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::{entry_ref, RecordSigner};
 use taizhang::codec;
 use taizhang::crypto::{self, KeyId};
@@ -24,7 +25,7 @@ use taizhang::pb::{
     self, audit_client::AuditClient, ledger_client::LedgerClient, record_body::Payload, Activity,
     Agency, Category, DrawStatus, MismatchKind, PermitState as St, PermitType as T,
 };
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 
 type Client = LedgerClient<Channel>;
 type Audit = AuditClient<Channel>;
@@ -178,7 +179,7 @@ impl H {
         // Narcotic purchases here test permits, not two-person control (custody.rs does).
         let server = Server::start_single_person().await;
         let mut c = server.client().await;
-        let audit = AuditClient::connect(server.url.clone()).await.unwrap();
+        let audit = crate::common::audit_client(&server.url).await;
         let World {
             reg,
             producer,
@@ -2874,7 +2875,7 @@ async fn concurrent_sellers_never_overdraw_a_shared_purchase_filing() {
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let done = done.clone();
-        let mut audit = AuditClient::connect(h.server.url.clone()).await.unwrap();
+        let mut audit = crate::common::audit_client(&h.server.url).await;
         tokio::spawn(async move {
             let (mut reads, mut last) = (0u32, 0u64);
             while !done.load(Ordering::Relaxed) {
@@ -3807,6 +3808,7 @@ async fn cli(args: &[&str]) -> (bool, String, String) {
     let o = tokio::process::Command::new(bin())
         .args(args)
         .env("TAIZHANG_LOG", "warn")
+        .env("TAIZHANG_QUERY_KEY", key_file(&regulator_key()))
         .output()
         .await
         .expect("run taizhang");
@@ -3821,7 +3823,7 @@ async fn cli(args: &[&str]) -> (bool, String, String) {
 async fn cli_audit_permit_and_permits_print_tables_and_json() {
     let tmp = tempfile::tempdir().unwrap();
     let (_serve, url) = serve_bin(tmp.path());
-    let mut c = LedgerClient::connect(url.clone()).await.unwrap();
+    let mut c = client_as(&url, regulator_key()).await;
     let mut w = World::setup(&mut c).await;
     let (producer, buyer) = (w.producer.clone(), w.buyer.clone());
     let no = "粤公备-CLI-1";
@@ -3891,7 +3893,7 @@ async fn cli_audit_permit_and_permits_print_tables_and_json() {
         assert!(out.contains(want), "table lacks `{want}`:\n{out}");
     }
 
-    let mut audit = AuditClient::connect(url.clone()).await.unwrap();
+    let mut audit = audit_as(&url, regulator_key()).await;
     let grpc = audit
         .reconcile_permit(pb::ReconcilePermitRequest {
             permit: Some(by_no(no)),

@@ -5,9 +5,9 @@
 
 use crate::common::*;
 use ed25519_dalek::SigningKey;
+use taizhang::api::auth::SignedChannel as Channel;
 use taizhang::client::RecordSigner;
 use taizhang::pb::{self, audit_client::AuditClient, record_body::Payload, Agency, PermitType};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// Acetic anhydride, category 2: import and export licences from commerce (商务).
@@ -143,7 +143,7 @@ impl Trade {
     }
 
     async fn audit(&self) -> AuditClient<Channel> {
-        AuditClient::connect(self.s.url.clone()).await.unwrap()
+        crate::common::audit_client(&self.s.url).await
     }
 }
 
@@ -356,6 +356,7 @@ async fn the_two_way_check_finds_every_inequality_missing_counterpart_and_object
 
     // The CLI shows the same answer.
     let out = std::process::Command::new(bin())
+        .env("TAIZHANG_QUERY_KEY", key_file(&national_key()))
         .args(["audit", "trade", "EL-1", "--server", &t.s.url])
         .output()
         .unwrap();
@@ -371,6 +372,7 @@ async fn the_two_way_check_finds_every_inequality_missing_counterpart_and_object
         assert!(text.contains(want), "`{want}` missing in:\n{text}");
     }
     let out = std::process::Command::new(bin())
+        .env("TAIZHANG_QUERY_KEY", key_file(&national_key()))
         .args(["audit", "trade", "IL-1", "--json", "--server", &t.s.url])
         .output()
         .unwrap();
