@@ -1,5 +1,6 @@
 //! Subcommands of the `taizhang` binary. Each is a few calls into the library.
 
+use crate::cli_audit::Querier;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Cmd {
         listen: String,
         #[command(flatten)]
         audit: AuditArgs,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Sign and submit records described in a JSON or TOML file.
     Submit {
@@ -55,6 +58,9 @@ enum Cmd {
         key: PathBuf,
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
+        /// PEM certificate to trust for an `https://` server (its CA, or its own).
+        #[arg(long, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         /// Where to write the receipts (JSON lines, with the signed records).
         #[arg(long)]
         receipts: Option<PathBuf>,
@@ -73,6 +79,9 @@ enum Cmd {
         /// the development root regulator.
         #[arg(long, env = "TAIZHANG_QUERY_KEY")]
         key: Option<PathBuf>,
+        /// PEM certificate to trust for an `https://` server (its CA, or its own).
+        #[arg(long, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
         /// Framed entries are written here.
         #[arg(long)]
         out: PathBuf,
@@ -88,6 +97,9 @@ enum Cmd {
         /// enterprise key; each sees its own scope). Default: the development root regulator.
         #[arg(long, global = true, env = "TAIZHANG_QUERY_KEY")]
         key: Option<PathBuf>,
+        /// PEM certificate to trust for an `https://` server (its CA, or its own).
+        #[arg(long, global = true, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
     },
     /// Rebuild the derived views of a data dir from its log (server stopped).
     Reindex {
@@ -127,6 +139,31 @@ enum VerifyCmd {
         #[arg(long, default_value = "keys/dev-ledger.pub")]
         ledger_key: PathBuf,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct NetArgs {
+    /// PEM certificate chain to serve TLS with (with --tls-key); plaintext without.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A signed query's time may differ from the server's clock by this many seconds.
+    #[arg(long, default_value_t = 300)]
+    query_window_secs: u64,
+}
+
+impl NetArgs {
+    fn tls(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |flag: &str, p: &Path| {
+            std::fs::read(p).with_context(|| format!("{flag}: reading {}", p.display()))
+        };
+        Ok(Some((read("--tls-cert", cert)?, read("--tls-key", key)?)))
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -247,22 +284,38 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ledger,
             listen,
             audit,
-        } => serve(ledger, &listen, audit.config()),
+            net,
+        } => {
+            let opts = taizhang::api::ServeOptions {
+                audit: audit.config(),
+                query_window_ms: net.query_window_secs.saturating_mul(1000),
+                tls: net.tls()?,
+            };
+            serve(ledger, &listen, opts)
+        }
         Cmd::Submit {
             file,
             key,
             server,
+            tls_ca,
             receipts,
-        } => runtime()?.block_on(submit(&file, &key, &server, receipts.as_deref())),
+        } => {
+            let ca = read_ca(tls_ca.as_deref())?;
+            runtime()?.block_on(submit(&file, &key, &server, ca, receipts.as_deref()))
+        }
         Cmd::Verify { what } => verify_cmd(what),
         Cmd::Export {
             server,
             key,
+            tls_ca,
             out,
             checkpoint,
         } => {
-            let key = query_key(key.as_deref())?;
-            runtime()?.block_on(export(&server, &key, &out, &checkpoint))
+            let q = Querier {
+                key: query_key(key.as_deref())?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            runtime()?.block_on(export(&server, &q, &out, &checkpoint))
         }
         Cmd::Reindex { ledger } => {
             let cfg = ledger_config(&ledger)?;
@@ -271,9 +324,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { data } => runtime()?.block_on(demo(data)),
-        Cmd::Audit { what, key } => {
-            let key = query_key(key.as_deref())?;
-            runtime()?.block_on(crate::cli_audit::run(what, key))
+        Cmd::Audit { what, key, tls_ca } => {
+            let q = Querier {
+                key: query_key(key.as_deref())?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            runtime()?.block_on(crate::cli_audit::run(what, q))
         }
     }
 }
@@ -383,7 +439,7 @@ fn two_person(names: &[String]) -> Result<Vec<i32>> {
         .collect()
 }
 
-fn serve(a: LedgerArgs, listen: &str, audit: taizhang::audit::AuditConfig) -> Result<ExitCode> {
+fn serve(a: LedgerArgs, listen: &str, opts: taizhang::api::ServeOptions) -> Result<ExitCode> {
     let cfg = ledger_config(&a)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -396,8 +452,18 @@ fn serve(a: LedgerArgs, listen: &str, audit: taizhang::audit::AuditConfig) -> Re
             "ledger open"
         );
         let (listener, addr) = taizhang::api::bind(listen).await?;
+        if opts.tls.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "serving without TLS on a non-loopback address: queries and records cross the \
+                 network in the clear (give --tls-cert and --tls-key)"
+            );
+        }
         // The line tests and scripts wait for.
-        println!("listening on {addr}");
+        println!(
+            "listening on {addr}{}",
+            if opts.tls.is_some() { " (TLS)" } else { "" }
+        );
         // Stop on Ctrl-C or SIGTERM (what service managers send).
         let shutdown = async {
             let mut term =
@@ -407,7 +473,7 @@ fn serve(a: LedgerArgs, listen: &str, audit: taizhang::audit::AuditConfig) -> Re
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        taizhang::api::serve_with(ledger.clone(), listener, shutdown, audit)
+        taizhang::api::serve_opts(ledger.clone(), listener, shutdown, opts)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         // Let the writer finish and the views reach sled before the process exits.
@@ -461,14 +527,16 @@ fn query_key(path: Option<&Path>) -> Result<SigningKey> {
     }
 }
 
-/// A ledger client whose queries are signed with `key`.
-async fn connect(server: &str, key: &SigningKey) -> Result<LedgerClient<SignedChannel>> {
-    Ok(LedgerClient::new(
-        taizhang::api::auth::connect(server.to_string(), key.clone())
-            .await
-            .with_context(|| format!("connecting to {server}"))?,
-    )
-    .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
+/// The PEM certificate file `--tls-ca` names, read.
+fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("--tls-ca: reading {}", p.display())))
+        .transpose()
+}
+
+/// A ledger client whose queries are signed by `q`.
+async fn connect(server: &str, q: &Querier) -> Result<LedgerClient<SignedChannel>> {
+    Ok(LedgerClient::new(q.channel(server).await?)
+        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
 async fn signer_for(
@@ -505,11 +573,16 @@ async fn submit(
     file: &Path,
     key: &Path,
     server: &str,
+    tls_ca: Option<Vec<u8>>,
     receipts: Option<&Path>,
 ) -> Result<ExitCode> {
     let payloads = load_records(file)?;
     let key = read_secret(key)?;
-    let mut client = connect(server, &key).await?;
+    let q = Querier {
+        key: key.clone(),
+        tls_ca,
+    };
+    let mut client = connect(server, &q).await?;
     let mut signer = signer_for(&mut client, key).await?;
     let mut out = Vec::new();
     let mut failed = 0;
@@ -685,8 +758,9 @@ fn report_export(r: Result<verify::ExportReport, verify::VerifyError>) -> Result
     }
 }
 
-async fn export(server: &str, key: &SigningKey, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
-    let mut client = connect(server, key).await?;
+async fn export(server: &str, q: &Querier, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
+    let key = &q.key;
+    let mut client = connect(server, q).await?;
     let cp = client
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await?
@@ -767,7 +841,11 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
         "ledger {DEV_ORIGIN} serving on {url} (data in {})",
         dir.display()
     );
-    let mut client = connect(&url, &regulator).await?;
+    let q = Querier {
+        key: regulator.clone(),
+        tls_ca: None,
+    };
+    let mut client = connect(&url, &q).await?;
     let mut reg = signer_for(&mut client, regulator.clone()).await?;
     let origin = DEV_ORIGIN;
     let producer = credit_code("91440300MA5DEMX01");
@@ -1033,7 +1111,7 @@ async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
     let key = ledger_key.verifying_key();
     let out = tmp.path().join("export.tzl");
     let cpf = tmp.path().join("checkpoint.note");
-    export(&url, &regulator, &out, &cpf).await?;
+    export(&url, &q, &out, &cpf).await?;
     let report =
         verify::verify_export(&std::fs::read(&out)?, &std::fs::read_to_string(&cpf)?, &key)?;
     println!(

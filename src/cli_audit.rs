@@ -128,26 +128,38 @@ pub enum AuditCmd {
     },
 }
 
-async fn client(server: &str, key: &SigningKey) -> Result<AuditClient<SignedChannel>> {
-    Ok(AuditClient::new(
-        taizhang::api::auth::connect(server.to_string(), key.clone())
-            .await
-            .with_context(|| format!("connecting to {server}"))?,
-    )
-    .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
+/// Who queries, and which certificate it trusts for an `https://` server.
+#[derive(Clone)]
+pub struct Querier {
+    pub key: SigningKey,
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+impl Querier {
+    /// A signing channel to `server`.
+    pub async fn channel(&self, server: &str) -> Result<SignedChannel> {
+        taizhang::api::auth::connect_tls(
+            server.to_string(),
+            self.key.clone(),
+            self.tls_ca.as_deref(),
+        )
+        .await
+        .with_context(|| format!("connecting to {server}"))
+    }
+}
+
+async fn client(server: &str, key: &Querier) -> Result<AuditClient<SignedChannel>> {
+    Ok(AuditClient::new(key.channel(server).await?)
+        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
 /// An `EntryRef` for `entry:<index>`, read from the server; `None` for a permit number.
-async fn entry_arg(server: &str, key: &SigningKey, id: &str) -> Result<Option<pb::EntryRef>> {
+async fn entry_arg(server: &str, key: &Querier, id: &str) -> Result<Option<pb::EntryRef>> {
     let Some(i) = id.strip_prefix("entry:") else {
         return Ok(None);
     };
     let index: u64 = i.parse().with_context(|| format!("`{id}`: entry index"))?;
-    let mut l = pb::ledger_client::LedgerClient::new(
-        taizhang::api::auth::connect(server.to_string(), key.clone())
-            .await
-            .with_context(|| format!("connecting to {server}"))?,
-    );
+    let mut l = pb::ledger_client::LedgerClient::new(key.channel(server).await?);
     let e = l
         .get_entry(pb::GetEntryRequest { index })
         .await
@@ -166,7 +178,7 @@ async fn entry_arg(server: &str, key: &SigningKey, id: &str) -> Result<Option<pb
 }
 
 /// Runs an audit query, signed with `key`.
-pub async fn run(cmd: AuditCmd, key: SigningKey) -> Result<ExitCode> {
+pub async fn run(cmd: AuditCmd, key: Querier) -> Result<ExitCode> {
     match cmd {
         AuditCmd::Trade {
             id,

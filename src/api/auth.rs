@@ -277,10 +277,24 @@ pub async fn connect(
     url: impl Into<String>,
     key: SigningKey,
 ) -> Result<SignedChannel, tonic::transport::Error> {
-    let ch = tonic::transport::Endpoint::from_shared(url.into())?
-        .connect()
-        .await?;
-    Ok(Signed::new(ch, key))
+    connect_tls(url, key, None).await
+}
+
+/// As [`connect`]; an `https://` URL is reached over TLS, trusting the PEM certificate
+/// `ca_pem` (a CA or the server's own self-signed certificate).
+pub async fn connect_tls(
+    url: impl Into<String>,
+    key: SigningKey,
+    ca_pem: Option<&[u8]>,
+) -> Result<SignedChannel, tonic::transport::Error> {
+    let mut ep = tonic::transport::Endpoint::from_shared(url.into())?;
+    if let Some(ca) = ca_pem {
+        ep = ep.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )?;
+    }
+    Ok(Signed::new(ep.connect().await?, key))
 }
 
 /// The metadata for a query to `method` with serialized request `request`, signed now.

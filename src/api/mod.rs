@@ -515,6 +515,45 @@ pub async fn serve_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     audit_cfg: crate::audit::AuditConfig,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    serve_opts(
+        ledger,
+        listener,
+        shutdown,
+        ServeOptions {
+            audit: audit_cfg,
+            ..ServeOptions::default()
+        },
+    )
+    .await
+}
+
+/// How to serve: audit settings, the query window, TLS.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub audit: crate::audit::AuditConfig,
+    /// How far a signed query's time may be from the server's clock.
+    pub query_window_ms: u64,
+    /// PEM certificate chain and private key: serve TLS (rustls) instead of plaintext.
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            audit: crate::audit::AuditConfig::default(),
+            query_window_ms: auth::DEFAULT_WINDOW_MS,
+            tls: None,
+        }
+    }
+}
+
+/// As [`serve`], with everything configurable.
+pub async fn serve_opts(
+    ledger: Ledger,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    opts: ServeOptions,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<LedgerServer<LedgerService>>()
@@ -526,10 +565,10 @@ pub async fn serve_with(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let gate = std::sync::Arc::new(auth::Gate::new(ledger.clone(), auth::DEFAULT_WINDOW_MS));
+    let gate = std::sync::Arc::new(auth::Gate::new(ledger.clone(), opts.query_window_ms));
     let audit_svc = pb::audit_server::AuditServer::new(audit::AuditService::new(
         ledger.clone(),
-        audit_cfg,
+        opts.audit,
         gate.clone(),
     ))
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -543,7 +582,14 @@ pub async fn serve_with(
             Ok(s)
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &opts.tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key)),
+        )?;
+    }
+    builder
         .concurrency_limit_per_connection(256)
         .add_service(health)
         .add_service(reflection)

@@ -572,3 +572,80 @@ async fn bad_query_signatures_are_unauthenticated_and_public_rpcs_need_none() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+#[tokio::test]
+async fn tls_serves_signed_queries_and_refuses_plaintext_and_untrusted_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ledger, _) = taizhang::ledger::Ledger::open(config(tmp.path())).unwrap();
+    let (cert, key) = self_signed();
+    let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(taizhang::api::serve_opts(
+        ledger.clone(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        taizhang::api::ServeOptions {
+            tls: Some((cert.clone().into_bytes(), key.into_bytes())),
+            ..Default::default()
+        },
+    ));
+    let url = format!("https://localhost:{}", addr.port());
+    let ch = auth::connect_tls(url.clone(), national_key(), Some(cert.as_bytes()))
+        .await
+        .unwrap();
+    let mut c = LedgerClient::new(ch);
+    let e = c
+        .get_entry(pb::GetEntryRequest { index: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.index, 0);
+    assert!(!e.leaf.is_empty());
+    // The query signature still matters under TLS.
+    let mut bare = LedgerClient::new(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&cert)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let s = bare
+        .get_entry(pb::GetEntryRequest { index: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    // A plaintext client, and a TLS client that does not trust the certificate, get nowhere.
+    let plain = auth::connect(format!("http://127.0.0.1:{}", addr.port()), national_key()).await;
+    if let Ok(ch) = plain {
+        let r = LedgerClient::new(ch)
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await;
+        assert!(r.is_err(), "plaintext must not be served");
+    }
+    let (other_cert, _) = self_signed();
+    let untrusted = auth::connect_tls(url, national_key(), Some(other_cert.as_bytes())).await;
+    if let Ok(ch) = untrusted {
+        let r = LedgerClient::new(ch)
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await;
+        assert!(
+            r.is_err(),
+            "a certificate the client does not trust must fail"
+        );
+    }
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -66,6 +66,7 @@ fn start(mut cmd: Command) -> (Serve, String) {
     let addr = line
         .trim()
         .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("{line}"))
         .to_string();
     (Serve(child), format!("http://{addr}"))
@@ -407,6 +408,67 @@ fn serve_takes_genesis_from_a_config_file() {
         g.root_regulators[0].public_key,
         regulator_key().verifying_key().to_bytes().to_vec()
     );
+}
+
+#[test]
+fn serve_over_tls_and_query_with_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let p = tmp.path();
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(p.join("tls.crt"), c.cert.pem()).unwrap();
+    std::fs::write(p.join("tls.key"), c.key_pair.serialize_pem()).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--origin", ORIGIN])
+        .arg("--data")
+        .arg(p.join("data"))
+        .arg("--ledger-key")
+        .arg(keys.join("ledger.key"))
+        .arg("--root-regulator")
+        .arg(keys.join("regulator.pub"))
+        .arg("--tls-cert")
+        .arg(p.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(p.join("tls.key"));
+    let (_srv, url) = start(cmd);
+    let url = url.replace("http://127.0.0.1", "https://localhost");
+    let args = |extra: &[&str]| -> Vec<String> {
+        [
+            "export",
+            "--server",
+            &url,
+            "--out",
+            "log.tzl",
+            "--checkpoint",
+            "cp.note",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(&["--tls-ca", "tls.crt"]);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("exported 1 entries"), "{}", text(&o));
+    // Without trusting the certificate the CLI cannot connect, and says so.
+    let a = args(&[]);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), p);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("connecting to"), "{}", text(&o));
+    // Giving only half of the TLS pair is refused before anything starts.
+    let o = run(
+        &[
+            "serve",
+            "--data",
+            p.join("data2").to_str().unwrap(),
+            "--tls-cert",
+            "tls.crt",
+        ],
+        p,
+    );
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--tls-key"), "{}", text(&o));
 }
 
 #[test]
