@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/taizhang/v1/records.proto",
         "proto/taizhang/v1/ledger.proto",
         "proto/taizhang/v1/audit.proto",
+        "proto/taizhang/v1/witness.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -561,7 +561,7 @@ impl NoteSignature {
     }
 
     /// Parses one signature line (without its final newline).
-    fn parse_line(line: &str) -> Result<NoteSignature, &'static str> {
+    pub fn parse_line(line: &str) -> Result<NoteSignature, &'static str> {
         let rest = line
             .strip_prefix(SIG_PREFIX)
             .ok_or("must start with an em dash (U+2014) and a space")?;

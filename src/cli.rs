@@ -106,6 +106,65 @@ enum Cmd {
         #[command(flatten)]
         ledger: LedgerArgs,
     },
+    /// Run a witness: cosign the checkpoints of one ledger, each only if it extends the last one
+    /// this witness cosigned (docs/protocol.md §14).
+    Witness {
+        /// The witness's state directory (the last checkpoint it cosigned).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:50061")]
+        listen: String,
+        /// The witness's secret key file (registered on the ledger as a WITNESS key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Its cosigner name (no spaces or `+`), e.g. `witness.drugs.example/w1`.
+        #[arg(long)]
+        name: String,
+        /// The ledger's public key file.
+        #[arg(long, default_value = "keys/dev-ledger.pub")]
+        ledger_key: PathBuf,
+        /// The ledger's origin.
+        #[arg(long, default_value = DEV_ORIGIN)]
+        origin: String,
+    },
+    /// Fetch the latest (or latest witnessed) checkpoint, and a consistency proof from a
+    /// previously trusted one, for offline verification.
+    Checkpoint {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+        /// The checkpoint note is written here.
+        #[arg(long)]
+        out: PathBuf,
+        /// The latest checkpoint the ledger's witness policy accepted, with its cosignatures.
+        #[arg(long)]
+        witnessed: bool,
+        /// A checkpoint note trusted before: write the consistency proof from it to
+        /// `--proof-out`.
+        #[arg(long, requires = "proof_out")]
+        since: Option<PathBuf>,
+        /// Where the consistency proof goes (one hex hash per line).
+        #[arg(long)]
+        proof_out: Option<PathBuf>,
+    },
+    /// Re-prove receipts (from `submit --receipts`) against the latest witnessed checkpoint:
+    /// each gets that checkpoint and a fresh inclusion proof into it, so `verify receipt` can
+    /// hold them to a witness policy offline.
+    Reprove {
+        /// Receipts file (JSON lines).
+        file: PathBuf,
+        /// Where the re-proven receipts go.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+        /// Use the latest signed checkpoint instead of the latest witnessed one.
+        #[arg(long)]
+        unwitnessed: bool,
+    },
     /// Run a whole small scenario against a fresh ledger over real gRPC and verify it offline.
     Demo {
         /// Keep the ledger here instead of a temporary directory.
@@ -114,14 +173,67 @@ enum Cmd {
     },
 }
 
+/// A witness policy on the command line.
+#[derive(clap::Args, Clone, Default)]
+struct PolicyArgs {
+    /// A trusted witness's verifier key (`name+hash+base64`); repeatable.
+    #[arg(long = "witness")]
+    witnesses: Vec<String>,
+    /// How many of them must have cosigned (default: all named).
+    #[arg(long)]
+    quorum: Option<usize>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Result<Option<taizhang::witness::Policy>> {
+        if self.witnesses.is_empty() {
+            if self.quorum.is_some_and(|q| q > 0) {
+                bail!("--quorum: name the trusted witnesses with --witness");
+            }
+            return Ok(None);
+        }
+        let q = self.quorum.unwrap_or(self.witnesses.len());
+        Ok(Some(taizhang::witness::Policy::from_vkeys(
+            &self.witnesses,
+            q,
+        )?))
+    }
+}
+
 #[derive(Subcommand)]
 enum VerifyCmd {
+    /// Check a checkpoint note: the ledger's signature, a witness policy, and consistency with
+    /// a previously trusted checkpoint.
+    Checkpoint {
+        note: PathBuf,
+        #[arg(long, default_value = "keys/dev-ledger.pub")]
+        ledger_key: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// A checkpoint note trusted before (with --consistency).
+        #[arg(long, requires = "consistency")]
+        trusted: Option<PathBuf>,
+        /// The consistency proof from --trusted to NOTE (`taizhang checkpoint --proof-out`).
+        #[arg(long, requires = "trusted")]
+        consistency: Option<PathBuf>,
+    },
     /// Check receipts written by `submit --receipts`.
     Receipt {
         file: PathBuf,
         /// The ledger's public key file.
         #[arg(long, default_value = "keys/dev-ledger.pub")]
         ledger_key: PathBuf,
+        /// Each receipt's checkpoint must meet this witness policy.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// A checkpoint note trusted before (with --consistency): each receipt's checkpoint
+        /// must extend it.
+        #[arg(long, requires = "consistency")]
+        trusted: Option<PathBuf>,
+        /// The consistency proof from --trusted to the receipts' checkpoint (all receipts must
+        /// share one, as `reprove` writes them).
+        #[arg(long, requires = "trusted")]
+        consistency: Option<PathBuf>,
     },
     /// Check a whole export against a checkpoint.
     Export {
@@ -130,6 +242,12 @@ enum VerifyCmd {
         checkpoint: PathBuf,
         #[arg(long, default_value = "keys/dev-ledger.pub")]
         ledger_key: PathBuf,
+        /// The checkpoint must meet this witness policy.
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// A checkpoint note trusted before: the export's tree at its size must have its root.
+        #[arg(long)]
+        trusted: Option<PathBuf>,
     },
     /// Check a data dir's log (server stopped) against a checkpoint.
     Data {
@@ -152,9 +270,45 @@ struct NetArgs {
     /// A signed query's time may differ from the server's clock by this many seconds.
     #[arg(long, default_value_t = 300)]
     query_window_secs: u64,
+    /// A witness to ask for cosignatures: its verifier key, `@`, its URL
+    /// (`name+hash+base64@http://host:port`); repeatable. Its key must be registered on the
+    /// ledger as a WITNESS key.
+    #[arg(long = "witness")]
+    witnesses: Vec<String>,
+    /// How many witnesses must cosign a checkpoint before it counts as witnessed (default: all).
+    #[arg(long)]
+    witness_quorum: Option<usize>,
+    /// How often to offer the latest checkpoint to the witnesses, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    witness_interval_ms: u64,
 }
 
 impl NetArgs {
+    fn witnessing(&self) -> Result<Option<taizhang::api::witnessing::Witnessing>> {
+        if self.witnesses.is_empty() {
+            return Ok(None);
+        }
+        let targets = self
+            .witnesses
+            .iter()
+            .map(|w| {
+                taizhang::api::witnessing::Target::parse(w).map_err(|e| anyhow!("--witness {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let quorum = self.witness_quorum.unwrap_or(targets.len());
+        if quorum == 0 || quorum > targets.len() {
+            bail!(
+                "--witness-quorum: must be 1..={} (the witnesses named)",
+                targets.len()
+            );
+        }
+        Ok(Some(taizhang::api::witnessing::Witnessing {
+            targets,
+            quorum,
+            interval: std::time::Duration::from_millis(self.witness_interval_ms.max(10)),
+        }))
+    }
+
     fn tls(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
@@ -290,6 +444,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 audit: audit.config(),
                 query_window_ms: net.query_window_secs.saturating_mul(1000),
                 tls: net.tls()?,
+                witnessing: net.witnessing()?,
             };
             serve(ledger, &listen, opts)
         }
@@ -324,6 +479,73 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { data } => runtime()?.block_on(demo(data)),
+        Cmd::Witness {
+            data,
+            listen,
+            key,
+            name,
+            ledger_key,
+            origin,
+        } => {
+            let verifier =
+                taizhang::checkpoint::NoteVerifier::new(&origin, read_public(&ledger_key)?)
+                    .map_err(|e| anyhow!("--origin: {e}"))?;
+            let file = taizhang::store::witness::WitnessFile::open(&data)
+                .with_context(|| format!("--data {}", data.display()))?;
+            let svc = taizhang::api::witness::WitnessService::open(
+                &name,
+                read_secret(&key)?,
+                verifier,
+                file,
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+            runtime()?.block_on(async move {
+                let (listener, addr) = taizhang::api::bind(&listen).await?;
+                // One write: a reader that stops after the first line never breaks the pipe.
+                println!("listening on {addr}\nwitness {}", svc.vkey());
+                let shutdown = async {
+                    let _ = tokio::signal::ctrl_c().await;
+                };
+                taizhang::api::witness::serve(Arc::new(svc), listener, shutdown)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Cmd::Reprove {
+            file,
+            out,
+            server,
+            tls_ca,
+            unwitnessed,
+        } => {
+            let q = Querier {
+                key: query_key(None)?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            runtime()?.block_on(reprove(&file, &out, &server, &q, !unwitnessed))
+        }
+        Cmd::Checkpoint {
+            server,
+            tls_ca,
+            out,
+            witnessed,
+            since,
+            proof_out,
+        } => {
+            let q = Querier {
+                key: query_key(None)?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            runtime()?.block_on(fetch_checkpoint(
+                &server,
+                &q,
+                &out,
+                witnessed,
+                since.as_deref(),
+                proof_out.as_deref(),
+            ))
+        }
         Cmd::Audit { what, key, tls_ca } => {
             let q = Querier {
                 key: query_key(key.as_deref())?,
@@ -343,6 +565,22 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn read_secret(path: &Path) -> Result<SigningKey> {
     let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     crypto::parse_secret_key_text(&t).with_context(|| format!("{}", path.display()))
+}
+
+/// A consistency proof file: one hex hash per line.
+fn read_proof(path: &Path) -> Result<Vec<[u8; 32]>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            hex::decode(l.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| anyhow!("{} line {}: not a 32-byte hex hash", path.display(), i + 1))
+        })
+        .collect()
 }
 
 fn read_public(path: &Path) -> Result<VerifyingKey> {
@@ -544,7 +782,7 @@ async fn signer_for(
     key: SigningKey,
 ) -> Result<RecordSigner> {
     let cp = client
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await?
         .into_inner();
     let id = KeyId::of(&key.verifying_key());
@@ -680,8 +918,61 @@ fn check_receipt_line(line: &ReceiptLine, ledger_key: &VerifyingKey) -> Result<u
 
 fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
     match what {
-        VerifyCmd::Receipt { file, ledger_key } => {
+        VerifyCmd::Checkpoint {
+            note,
+            ledger_key,
+            policy,
+            trusted,
+            consistency,
+        } => {
             let key = read_public(&ledger_key)?;
+            let text = std::fs::read_to_string(&note)
+                .with_context(|| format!("reading {}", note.display()))?;
+            let policy = policy.policy()?;
+            let trusted = match (trusted, consistency) {
+                (Some(t), Some(c)) => Some((std::fs::read_to_string(&t)?, read_proof(&c)?)),
+                _ => None,
+            };
+            match verify::verify_checkpoint(
+                &text,
+                &key,
+                policy.as_ref(),
+                trusted.as_ref().map(|(n, p)| (n.as_str(), p.as_slice())),
+            ) {
+                Ok(r) => {
+                    println!(
+                        "ok: checkpoint {} size {} root {}",
+                        r.checkpoint.origin,
+                        r.checkpoint.size,
+                        hex::encode(r.checkpoint.root)
+                    );
+                    if policy.is_some() {
+                        println!("  cosigned by {}", r.witnesses.join(", "));
+                    }
+                    if let Some(from) = r.consistent_from {
+                        println!("  consistent with the trusted checkpoint of size {from}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        VerifyCmd::Receipt {
+            file,
+            ledger_key,
+            policy,
+            trusted,
+            consistency,
+        } => {
+            let key = read_public(&ledger_key)?;
+            let policy = policy.policy()?;
+            let trusted = match (trusted, consistency) {
+                (Some(t), Some(c)) => Some((std::fs::read_to_string(&t)?, read_proof(&c)?)),
+                _ => None,
+            };
             let text = std::fs::read_to_string(&file)?;
             let mut bad = 0;
             for (n, l) in text
@@ -691,7 +982,17 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             {
                 let res = serde_json::from_str::<ReceiptLine>(l)
                     .map_err(anyhow::Error::from)
-                    .and_then(|line| check_receipt_line(&line, &key));
+                    .and_then(|line| {
+                        if policy.is_some() || trusted.is_some() {
+                            verify::verify_checkpoint(
+                                &line.receipt.checkpoint,
+                                &key,
+                                policy.as_ref(),
+                                trusted.as_ref().map(|(n, p)| (n.as_str(), p.as_slice())),
+                            )?;
+                        }
+                        check_receipt_line(&line, &key)
+                    });
                 match res {
                     Ok(i) => println!("line {}: entry {i}: ok", n + 1),
                     Err(e) => {
@@ -710,11 +1011,20 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             file,
             checkpoint,
             ledger_key,
+            policy,
+            trusted,
         } => {
             let key = read_public(&ledger_key)?;
             let data = std::fs::read(&file)?;
             let note = std::fs::read_to_string(&checkpoint)?;
-            report_export(verify::verify_export(&data, &note, &key))
+            let trusted = trusted.map(std::fs::read_to_string).transpose()?;
+            report_export(verify::verify_export_with(
+                &data,
+                &note,
+                &key,
+                policy.policy()?.as_ref(),
+                trusted.as_deref(),
+            ))
         }
         VerifyCmd::Data {
             dir,
@@ -762,7 +1072,7 @@ async fn export(server: &str, q: &Querier, out: &Path, checkpoint: &Path) -> Res
     let key = &q.key;
     let mut client = connect(server, q).await?;
     let cp = client
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await?
         .into_inner();
     let mut stream = client
@@ -799,6 +1109,118 @@ async fn export(server: &str, q: &Querier, out: &Path, checkpoint: &Path) -> Res
         cp.size,
         checkpoint.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reprove(
+    file: &Path,
+    out: &Path,
+    server: &str,
+    q: &Querier,
+    witnessed: bool,
+) -> Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut client = connect(server, q).await?;
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest { witnessed })
+        .await
+        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut lines = String::new();
+    let mut n = 0;
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let mut line: ReceiptLine = serde_json::from_str(l)
+            .with_context(|| format!("{} line {}", file.display(), i + 1))?;
+        let index = line.receipt.index;
+        if index >= cp.size {
+            bail!(
+                "{} line {}: entry {index} is not yet covered by the checkpoint of size {}; retry later",
+                file.display(),
+                i + 1,
+                cp.size
+            );
+        }
+        let proof = client
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                index,
+                tree_size: cp.size,
+            })
+            .await
+            .map_err(|s| anyhow!("entry {index}: {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        line.receipt.checkpoint = cp.note.clone();
+        line.receipt.tree_size = cp.size;
+        line.receipt.inclusion_proof = proof.hashes;
+        lines.push_str(&serde_json::to_string(&line)?);
+        lines.push('\n');
+        n += 1;
+    }
+    std::fs::write(out, lines)?;
+    println!(
+        "{n} receipts re-proven against the {}checkpoint of size {} -> {}",
+        if witnessed { "witnessed " } else { "" },
+        cp.size,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch_checkpoint(
+    server: &str,
+    q: &Querier,
+    out: &Path,
+    witnessed: bool,
+    since: Option<&Path>,
+    proof_out: Option<&Path>,
+) -> Result<ExitCode> {
+    let mut client = connect(server, q).await?;
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest { witnessed })
+        .await
+        .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    std::fs::write(out, &cp.note)?;
+    println!(
+        "checkpoint of size {} written to {}",
+        cp.size,
+        out.display()
+    );
+    if let (Some(since), Some(proof_out)) = (since, proof_out) {
+        let old = std::fs::read_to_string(since)?;
+        let old = taizhang::checkpoint::SignedNote::parse(&old)
+            .ok()
+            .and_then(|n| taizhang::checkpoint::Checkpoint::parse(&n.text).ok())
+            .ok_or_else(|| anyhow!("--since {}: not a checkpoint note", since.display()))?;
+        let hashes = if old.size == 0 || old.size >= cp.size {
+            vec![]
+        } else {
+            client
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    from_size: old.size,
+                    to_size: cp.size,
+                })
+                .await
+                .map_err(|s| anyhow!("consistency proof: {:?}: {}", s.code(), s.message()))?
+                .into_inner()
+                .hashes
+        };
+        let text: String = hashes
+            .iter()
+            .map(|h| format!("{}\n", hex::encode(h)))
+            .collect();
+        std::fs::write(proof_out, text)?;
+        println!(
+            "consistency proof from size {} ({} hashes) written to {}",
+            old.size,
+            hashes.len(),
+            proof_out.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

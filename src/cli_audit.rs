@@ -166,7 +166,7 @@ async fn entry_arg(server: &str, key: &Querier, id: &str) -> Result<Option<pb::E
         .map_err(|s| anyhow!("entry {index}: {}", s.message()))?
         .into_inner();
     let cp = l
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await
         .map_err(|s| anyhow!("checkpoint: {}", s.message()))?
         .into_inner();

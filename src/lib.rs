@@ -1,6 +1,7 @@
 //! Taizhang (台账): a tamper-evident ledger for precursor chemicals and controlled drugs.
 //!
-//! Pure core (no I/O): [`model`], [`codec`], [`crypto`], [`merkle`], [`checkpoint`], [`verify`].
+//! Pure core (no I/O): [`model`], [`codec`], [`crypto`], [`merkle`], [`checkpoint`], [`witness`],
+//! [`verify`].
 //! Then [`store`] (segment log + view store), [`ledger`] (ingest and views), [`api`] (gRPC),
 //! and the CLI in `main.rs`. Dependencies point one way, in that order. See ARCHITECTURE.md.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod merkle;
 pub mod model;
 pub mod store;
 pub mod verify;
+pub mod witness;
 
 pub mod pb {
     //! Generated protobuf messages and tonic services (package `taizhang.v1`), with the proto3

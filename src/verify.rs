@@ -101,6 +101,98 @@ pub fn verify_receipt(
     Ok(cp)
 }
 
+/// What verifying a checkpoint under a witness policy found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub checkpoint: Checkpoint,
+    /// The trusted witnesses whose cosignatures verified.
+    pub witnesses: Vec<String>,
+    /// The size of the previously trusted checkpoint it was proven consistent with.
+    pub consistent_from: Option<u64>,
+}
+
+/// Verifies a checkpoint note: the ledger's signature; under `policy`, at least its quorum of
+/// trusted witness cosignatures; and, given a previously trusted checkpoint note with a
+/// consistency proof from its size, that the new one extends it (never a rollback or a fork).
+pub fn verify_checkpoint(
+    note: &str,
+    ledger_key: &VerifyingKey,
+    policy: Option<&crate::witness::Policy>,
+    trusted: Option<(&str, &[Hash])>,
+) -> Result<CheckpointReport, VerifyError> {
+    let checkpoint = open_ledger_checkpoint(note, ledger_key)?;
+    let witnesses = match policy {
+        Some(p) => {
+            let signed = crate::checkpoint::SignedNote::parse(note)
+                .map_err(|e| VerifyError::Checkpoint(e.to_string()))?;
+            p.check(&signed)
+                .map_err(|e| VerifyError::Checkpoint(e.to_string()))?
+        }
+        None => vec![],
+    };
+    let consistent_from = match trusted {
+        None => None,
+        Some((old_note, proof)) => {
+            let old = open_ledger_checkpoint(old_note, ledger_key)
+                .map_err(|e| VerifyError::Checkpoint(format!("trusted checkpoint: {e}")))?;
+            check_extends(&old, &checkpoint, |_| {
+                merkle::verify_consistency::<Blake3Hasher, _>(
+                    old.size,
+                    checkpoint.size,
+                    &old.root,
+                    &checkpoint.root,
+                    proof,
+                )
+                .map_err(|e| format!("consistency proof: {e}"))
+            })?;
+            Some(old.size)
+        }
+    };
+    Ok(CheckpointReport {
+        checkpoint,
+        witnesses,
+        consistent_from,
+    })
+}
+
+/// Checks `new` extends `old` (same origin, not smaller, same root at the same size), with
+/// `prove` for the strictly larger case.
+fn check_extends(
+    old: &Checkpoint,
+    new: &Checkpoint,
+    prove: impl FnOnce(&Checkpoint) -> Result<(), String>,
+) -> Result<(), VerifyError> {
+    let bad = |m: String| {
+        VerifyError::Checkpoint(format!("not consistent with the trusted checkpoint: {m}"))
+    };
+    if old.origin != new.origin {
+        return Err(bad(format!(
+            "origin `{}` is not `{}`",
+            new.origin, old.origin
+        )));
+    }
+    if new.size < old.size {
+        return Err(bad(format!(
+            "size {} is smaller than the trusted {} (a rollback)",
+            new.size, old.size
+        )));
+    }
+    if old.size == 0 {
+        return Ok(());
+    }
+    if new.size == old.size {
+        return if new.root == old.root {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "a different root at the same size {} (a fork)",
+                old.size
+            )))
+        };
+    }
+    prove(new).map_err(bad)
+}
+
 /// What verifying an export found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportReport {
@@ -126,7 +218,27 @@ pub fn verify_export(
     checkpoint_note: &str,
     ledger_key: &VerifyingKey,
 ) -> Result<ExportReport, VerifyError> {
-    let cp = open_ledger_checkpoint(checkpoint_note, ledger_key)?;
+    verify_export_with(data, checkpoint_note, ledger_key, None, None)
+}
+
+/// As [`verify_export`]; under `policy` the checkpoint must carry the quorum's cosignatures,
+/// and with `trusted` (a previously trusted checkpoint note) the export's tree at the trusted
+/// size must have the trusted root (the log has only grown since).
+pub fn verify_export_with(
+    data: &[u8],
+    checkpoint_note: &str,
+    ledger_key: &VerifyingKey,
+    policy: Option<&crate::witness::Policy>,
+    trusted: Option<&str>,
+) -> Result<ExportReport, VerifyError> {
+    let cp = verify_checkpoint(checkpoint_note, ledger_key, policy, None)?.checkpoint;
+    let old = trusted
+        .map(|t| {
+            open_ledger_checkpoint(t, ledger_key)
+                .map_err(|e| VerifyError::Checkpoint(format!("trusted checkpoint: {e}")))
+        })
+        .transpose()?;
+    let mut root_at_old = None;
     let mut tree = MemoryTree::<Blake3Hasher>::new();
     let mut keys: HashMap<KeyId, KeyState> = HashMap::new();
     let mut sigs = 0u64;
@@ -153,6 +265,9 @@ pub fn verify_export(
         if tree.size() == cp.size {
             root_at_cp = Some(tree.root());
         }
+        if old.as_ref().is_some_and(|o| o.size == tree.size()) {
+            root_at_old = Some(tree.root());
+        }
         Ok(())
     })
     .map_err(VerifyError::Export)?;
@@ -168,6 +283,18 @@ pub fn verify_export(
             "the root of the first {} entries differs from the checkpoint's root",
             cp.size
         )));
+    }
+    if let Some(o) = &old {
+        check_extends(o, &cp, |_| {
+            if root_at_old == Some(o.root) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the export's first {} entries do not have the trusted root",
+                    o.size
+                ))
+            }
+        })?;
     }
     Ok(ExportReport {
         entries: tree.size(),

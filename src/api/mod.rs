@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod auth;
+pub mod witness;
+pub mod witnessing;
 
 use crate::audit::access::Access;
 use crate::crypto::KeyId;
@@ -289,9 +291,24 @@ impl pb::ledger_server::Ledger for LedgerService {
 
     async fn get_checkpoint(
         &self,
-        _req: Request<pb::GetCheckpointRequest>,
+        req: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
-        let (note, size, root) = self.ledger.checkpoint().map_err(status)?;
+        let (note, size, root) = if req.get_ref().witnessed {
+            let (note, size) = self.ledger.witnessed().ok_or_else(|| {
+                Status::failed_precondition(
+                    "witnessed: no checkpoint has been witnessed yet (no witnesses configured, \
+                     or too few of them have cosigned)",
+                )
+            })?;
+            let root = crate::checkpoint::SignedNote::parse(&note)
+                .ok()
+                .and_then(|n| crate::checkpoint::Checkpoint::parse(&n.text).ok())
+                .map(|c| c.root)
+                .ok_or_else(|| Status::internal("witnessed note does not parse"))?;
+            (note, size, root)
+        } else {
+            self.ledger.checkpoint().map_err(status)?
+        };
         Ok(Response::new(pb::Checkpoint {
             note,
             size,
@@ -535,6 +552,8 @@ pub struct ServeOptions {
     pub query_window_ms: u64,
     /// PEM certificate chain and private key: serve TLS (rustls) instead of plaintext.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// Witnesses to ask for cosignatures, and the quorum that makes a checkpoint witnessed.
+    pub witnessing: Option<witnessing::Witnessing>,
 }
 
 impl Default for ServeOptions {
@@ -543,6 +562,7 @@ impl Default for ServeOptions {
             audit: crate::audit::AuditConfig::default(),
             query_window_ms: auth::DEFAULT_WINDOW_MS,
             tls: None,
+            witnessing: None,
         }
     }
 }
@@ -572,7 +592,7 @@ pub async fn serve_opts(
         gate.clone(),
     ))
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let svc = LedgerServer::new(LedgerService::new(ledger, gate))
+    let svc = LedgerServer::new(LedgerService::new(ledger.clone(), gate))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Small request/response messages: Nagle's algorithm would hold each for a delayed ACK.
@@ -582,6 +602,10 @@ pub async fn serve_opts(
             Ok(s)
         })
     });
+    let (stop_witnessing, witnessing_stopped) = tokio::sync::watch::channel(false);
+    if let Some(w) = opts.witnessing.clone() {
+        tokio::spawn(witnessing::run(ledger.clone(), w, witnessing_stopped));
+    }
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &opts.tls {
         builder = builder.tls_config(
@@ -597,6 +621,7 @@ pub async fn serve_opts(
         .add_service(audit_svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    let _ = stop_witnessing.send(true);
     Ok(())
 }
 

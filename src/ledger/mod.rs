@@ -171,6 +171,9 @@ struct Shared {
     key_cache: RwLock<HashMap<KeyId, VerifyingKey>>,
     evidence_dir: PathBuf,
     checkpoint_path: PathBuf,
+    /// The latest witnessed checkpoint (note with cosignatures, size), and its file.
+    witnessed: RwLock<Option<(String, u64)>>,
+    witnessed_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
     /// Groups the writer has written that the syncer has not yet made durable and applied.
@@ -239,6 +242,8 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, Refusal> {
 
 /// File beside the log holding the latest signed checkpoint note.
 pub const CHECKPOINT_FILE: &str = "checkpoint.note";
+/// File beside the log holding the latest checkpoint the witness policy accepted, cosigned.
+pub const WITNESSED_FILE: &str = "witnessed.note";
 
 /// Replaces the kept checkpoint atomically (write and sync the new file, then rename). The
 /// rename itself is not synced: after a power cut the note may be the previous one, which only
@@ -254,6 +259,24 @@ fn persist_checkpoint(path: &Path, note: &str) -> Result<(), Refusal> {
         })
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| Refusal::unavailable(format!("{}: {e}", path.display())))
+}
+
+/// The witnessed checkpoint saved in `path`, if it opens with the ledger key and matches `tree`.
+fn load_witnessed(
+    path: &Path,
+    ledger: &crate::checkpoint::NoteVerifier,
+    tree: &MemoryTree<Blake3Hasher>,
+) -> Option<(String, u64)> {
+    let note = std::fs::read_to_string(path).ok()?;
+    match crate::checkpoint::open_checkpoint(&note, ledger) {
+        Ok((cp, _)) if merkle::root_at::<Blake3Hasher, _>(tree, cp.size) == Some(cp.root) => {
+            Some((note, cp.size))
+        }
+        _ => {
+            tracing::warn!(path = %path.display(), "ignoring a witnessed checkpoint that does not match the log");
+            None
+        }
+    }
 }
 
 /// `n` refusals for records whose preparation panicked (keeps results aligned with requests).
@@ -503,6 +526,8 @@ impl Ledger {
         )
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
         persist_checkpoint(&cp_path, &checkpoint)?;
+        let witnessed_path = cfg.data_dir.join(WITNESSED_FILE);
+        let witnessed = load_witnessed(&witnessed_path, &note_signer.verifier(), &tree);
         report.entries = size;
         writer.next = size;
         writer.prev_hash = tree.leaf(size.saturating_sub(1)).unwrap_or([0; 32]);
@@ -525,6 +550,8 @@ impl Ledger {
             key_cache: RwLock::new(HashMap::new()),
             evidence_dir: cfg.data_dir.join("evidence"),
             checkpoint_path: cp_path,
+            witnessed: RwLock::new(witnessed),
+            witnessed_path,
             size_tx,
             poisoned: RwLock::new(None),
             in_flight: Mutex::new(VecDeque::new()),
@@ -795,6 +822,39 @@ impl Ledger {
     pub fn checkpoint(&self) -> Result<(String, u64, Hash), Refusal> {
         let r = self.read()?;
         Ok((r.checkpoint.clone(), r.checkpoint_size, r.tree.root()))
+    }
+
+    /// The latest checkpoint the witness policy accepted: its note (with the cosignatures) and
+    /// size.
+    pub fn witnessed(&self) -> Option<(String, u64)> {
+        self.shared.witnessed.read().ok()?.clone()
+    }
+
+    /// Publishes a witnessed checkpoint (made durable first). It must open with the ledger key
+    /// and match the log; an older one than the current is ignored.
+    pub fn publish_witnessed(&self, note: &str) -> Result<(), Refusal> {
+        let (cp, _) = crate::checkpoint::open_checkpoint(note, &self.shared.note_signer.verifier())
+            .map_err(|e| Refusal::invalid(format!("witnessed checkpoint: {e}")))?;
+        {
+            let r = self.read()?;
+            if merkle::root_at::<Blake3Hasher, _>(&r.tree, cp.size) != Some(cp.root) {
+                return Err(Refusal::invalid(format!(
+                    "witnessed checkpoint: size {} does not match this log",
+                    cp.size
+                )));
+            }
+        }
+        let mut w = self
+            .shared
+            .witnessed
+            .write()
+            .map_err(|_| Refusal::internal("witnessed state poisoned".into()))?;
+        if w.as_ref().is_some_and(|(_, size)| *size > cp.size) {
+            return Ok(());
+        }
+        persist_checkpoint(&self.shared.witnessed_path, note)?;
+        *w = Some((note.to_string(), cp.size));
+        Ok(())
     }
 
     fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, ReadState>, Refusal> {

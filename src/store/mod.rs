@@ -6,6 +6,7 @@
 //! reflects: each batch the store applies is atomic and carries that position.
 
 pub mod segment;
+pub mod witness;
 mod writeback;
 
 use std::collections::BTreeMap;

@@ -539,7 +539,7 @@ async fn bad_query_signatures_are_unauthenticated_and_public_rpcs_need_none() {
 
     // Public: checkpoints, proofs, health, with no signature.
     let cp = c
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -631,7 +631,7 @@ async fn tls_serves_signed_queries_and_refuses_plaintext_and_untrusted_clients()
     let plain = auth::connect(format!("http://127.0.0.1:{}", addr.port()), national_key()).await;
     if let Ok(ch) = plain {
         let r = LedgerClient::new(ch)
-            .get_checkpoint(pb::GetCheckpointRequest {})
+            .get_checkpoint(pb::GetCheckpointRequest::default())
             .await;
         assert!(r.is_err(), "plaintext must not be served");
     }
@@ -639,7 +639,7 @@ async fn tls_serves_signed_queries_and_refuses_plaintext_and_untrusted_clients()
     let untrusted = auth::connect_tls(url, national_key(), Some(other_cert.as_bytes())).await;
     if let Ok(ch) = untrusted {
         let r = LedgerClient::new(ch)
-            .get_checkpoint(pb::GetCheckpointRequest {})
+            .get_checkpoint(pb::GetCheckpointRequest::default())
             .await;
         assert!(
             r.is_err(),

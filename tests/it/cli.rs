@@ -60,9 +60,10 @@ fn start(mut cmd: Command) -> (Serve, String) {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep reading what it prints later, so it never writes to a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let addr = line
         .trim()
         .strip_prefix("listening on ")
@@ -469,6 +470,300 @@ fn serve_over_tls_and_query_with_the_cli() {
     );
     assert!(!o.status.success());
     assert!(text(&o).contains("--tls-key"), "{}", text(&o));
+}
+
+#[test]
+fn a_witness_process_cosigns_and_the_cli_verifies_the_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let p = tmp.path();
+    let wkey = ed25519_dalek::SigningKey::from_bytes(&[0xc9; 32]);
+    std::fs::write(keys.join("witness.key"), crypto::secret_key_text(&wkey)).unwrap();
+    let name = "witness.cli/w1";
+    let vkey = taizhang::checkpoint::cosigner_vkey(name, &wkey.verifying_key()).unwrap();
+    let mut w = Command::new(bin());
+    w.args([
+        "witness",
+        "--listen",
+        "127.0.0.1:0",
+        "--origin",
+        ORIGIN,
+        "--name",
+        name,
+    ])
+    .arg("--data")
+    .arg(p.join("witness-state"))
+    .arg("--key")
+    .arg(keys.join("witness.key"))
+    .arg("--ledger-key")
+    .arg(keys.join("ledger.pub"));
+    let (_w, wurl) = start(w);
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--origin", ORIGIN])
+        .arg("--data")
+        .arg(p.join("data"))
+        .arg("--ledger-key")
+        .arg(keys.join("ledger.key"))
+        .arg("--root-regulator")
+        .arg(keys.join("regulator.pub"))
+        .arg("--witness")
+        .arg(format!("{vkey}@{wurl}"))
+        .args(["--witness-interval-ms", "50"]);
+    let (_srv, url) = start(cmd);
+    // Nothing is witnessed until the regulator registers the witness's key.
+    let o = run(
+        &[
+            "checkpoint",
+            "--server",
+            &url,
+            "--witnessed",
+            "--out",
+            "w.note",
+        ],
+        p,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("no checkpoint has been witnessed"),
+        "{}",
+        text(&o)
+    );
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = client_as(&url, regulator_key()).await;
+        let mut reg = taizhang::client::RecordSigner::new(regulator_key(), ORIGIN);
+        let r = reg.sign(
+            register_official(&wkey, taizhang::pb::Role::Witness, "", name),
+            now(),
+        );
+        submit(&mut c, r).await.unwrap();
+    });
+    let mut fetched = false;
+    for _ in 0..200 {
+        let o = run(
+            &[
+                "checkpoint",
+                "--server",
+                &url,
+                "--witnessed",
+                "--out",
+                "w.note",
+            ],
+            p,
+        );
+        if o.status.success() {
+            fetched = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(fetched, "the checkpoint was never witnessed");
+    let o = run(
+        &[
+            "verify",
+            "checkpoint",
+            "w.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+            "--witness",
+            &vkey,
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cosigned by witness.cli/w1"),
+        "{}",
+        text(&o)
+    );
+    let stranger = taizhang::checkpoint::cosigner_vkey(
+        "witness.cli/w2",
+        &ed25519_dalek::SigningKey::from_bytes(&[0xca; 32]).verifying_key(),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "verify",
+            "checkpoint",
+            "w.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+            "--witness",
+            &stranger,
+        ],
+        p,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("0 of the 1 trusted witnesses"),
+        "{}",
+        text(&o)
+    );
+    // An export verified against the witnessed checkpoint, under the policy, from a trusted one.
+    std::fs::copy(p.join("w.note"), p.join("trusted.note")).unwrap();
+    let o = run(
+        &[
+            "export",
+            "--server",
+            &url,
+            "--out",
+            "log.tzl",
+            "--checkpoint",
+            "latest.note",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &[
+            "verify",
+            "export",
+            "log.tzl",
+            "--checkpoint",
+            "w.note",
+            "--ledger-key",
+            "keys/ledger.pub",
+            "--witness",
+            &vkey,
+            "--trusted",
+            "trusted.note",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // A receipt carries the checkpoint current at ingest; re-proven against the witnessed one
+    // it meets the policy, and it extends the checkpoint trusted before.
+    let ent = code("91440300MA5CLWTN1");
+    std::fs::write(
+        p.join("more.json"),
+        format!(r#"{{"records": [{{"enrolEnterprise": {{"creditCode": "{ent}", "name": "W", "jurisdiction": "440305", "sites": [{{"siteId": "s"}}]}}}}]}}"#),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "submit",
+            "more.json",
+            "--key",
+            "keys/regulator.key",
+            "--server",
+            &url,
+            "--receipts",
+            "r.jsonl",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let policy = [
+        "--ledger-key",
+        "keys/ledger.pub",
+        "--witness",
+        vkey.as_str(),
+    ];
+    let o = run(
+        &[&["verify", "receipt", "r.jsonl"][..], &policy].concat(),
+        p,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "not witnessed at ingest: {}",
+        text(&o)
+    );
+    let mut reproven = false;
+    for _ in 0..200 {
+        let o = run(
+            &["reprove", "r.jsonl", "--out", "w.jsonl", "--server", &url],
+            p,
+        );
+        if o.status.success() {
+            reproven = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(
+        reproven,
+        "the receipt was never covered by a witnessed checkpoint"
+    );
+    let o = run(
+        &[&["verify", "receipt", "w.jsonl"][..], &policy].concat(),
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // The consistency proof from the trusted checkpoint to the receipts' (now stable) one.
+    let o = run(
+        &[
+            "checkpoint",
+            "--server",
+            &url,
+            "--witnessed",
+            "--out",
+            "w2.note",
+            "--since",
+            "trusted.note",
+            "--proof-out",
+            "p.txt",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &[
+            &[
+                "verify",
+                "receipt",
+                "w.jsonl",
+                "--trusted",
+                "trusted.note",
+                "--consistency",
+                "p.txt",
+            ][..],
+            &policy,
+        ]
+        .concat(),
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(
+        &[
+            &[
+                "verify",
+                "checkpoint",
+                "w2.note",
+                "--trusted",
+                "trusted.note",
+                "--consistency",
+                "p.txt",
+            ][..],
+            &policy,
+        ]
+        .concat(),
+        p,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("consistent with the trusted checkpoint"),
+        "{}",
+        text(&o)
+    );
+    // A tampered proof fails.
+    std::fs::write(p.join("bad.txt"), format!("{}\n", "00".repeat(32))).unwrap();
+    let o = run(
+        &[
+            &[
+                "verify",
+                "checkpoint",
+                "w2.note",
+                "--trusted",
+                "trusted.note",
+                "--consistency",
+                "bad.txt",
+            ][..],
+            &policy,
+        ]
+        .concat(),
+        p,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
 
 #[test]

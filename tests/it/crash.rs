@@ -289,7 +289,7 @@ async fn check(
     };
     let ledger = ledger_key().verifying_key();
     let cp = c
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -192,7 +192,7 @@ fn case(
 }
 
 async fn checkpoint(c: &mut Client) -> pb::Checkpoint {
-    c.get_checkpoint(pb::GetCheckpointRequest {})
+    c.get_checkpoint(pb::GetCheckpointRequest::default())
         .await
         .expect("checkpoint")
         .into_inner()

@@ -14,3 +14,4 @@ mod permits;
 mod pipeline;
 mod storage;
 mod trade;
+mod witness;

@@ -10,7 +10,7 @@ async fn export_of_scenario() -> (Vec<u8>, String) {
     scenario(&s).await;
     let mut c = s.client().await;
     let cp = c
-        .get_checkpoint(pb::GetCheckpointRequest {})
+        .get_checkpoint(pb::GetCheckpointRequest::default())
         .await
         .unwrap()
         .into_inner();

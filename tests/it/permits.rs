@@ -329,7 +329,7 @@ impl H {
     async fn snapshot(&mut self, signer: &KeyId) -> Snapshot {
         let cp = self
             .c
-            .get_checkpoint(pb::GetCheckpointRequest {})
+            .get_checkpoint(pb::GetCheckpointRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -437,7 +437,7 @@ impl H {
         assert_eq!(r.origin, ORIGIN, "cited origin");
         let cp = self
             .c
-            .get_checkpoint(pb::GetCheckpointRequest {})
+            .get_checkpoint(pb::GetCheckpointRequest::default())
             .await
             .unwrap()
             .into_inner();
@@ -3149,7 +3149,7 @@ async fn reconciliation_gives_known_answers_and_cites_provable_entries() {
     let rec = h.rec("F-REC", as_of).await;
     assert_eq!(rec.as_of_ms, as_of);
     let cp =
-        h.c.get_checkpoint(pb::GetCheckpointRequest {})
+        h.c.get_checkpoint(pb::GetCheckpointRequest::default())
             .await
             .unwrap()
             .into_inner();
