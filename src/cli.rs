@@ -249,6 +249,25 @@ enum VerifyCmd {
         #[arg(long)]
         trusted: Option<PathBuf>,
     },
+    /// Recompute a spot-check sample from an export and its checkpoint, with no server, and
+    /// (with --expect) compare it with the answer the server gave.
+    SpotCheck {
+        /// The export (`taizhang export`) holding at least the checkpoint's entries.
+        file: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "keys/dev-ledger.pub")]
+        ledger_key: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long, default_value = "")]
+        jurisdiction: String,
+        #[arg(long, default_value_t = 5)]
+        sample: u32,
+        /// The server's answer (`audit spot-check --json`) to compare with.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+    },
     /// Check a data dir's log (server stopped) against a checkpoint.
     Data {
         dir: PathBuf,
@@ -918,6 +937,88 @@ fn check_receipt_line(line: &ReceiptLine, ledger_key: &VerifyingKey) -> Result<u
 
 fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
     match what {
+        VerifyCmd::SpotCheck {
+            file,
+            checkpoint,
+            ledger_key,
+            policy,
+            jurisdiction,
+            sample,
+            expect,
+        } => {
+            let key = read_public(&ledger_key)?;
+            let data = std::fs::read(&file)?;
+            let note = std::fs::read_to_string(&checkpoint)?;
+            let policy = policy.policy()?;
+            let report = match verify::verify_export_with(&data, &note, &key, policy.as_ref(), None)
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    return Ok(ExitCode::from(3));
+                }
+            };
+            let cp = verify::open_ledger_checkpoint(&note, &key)?;
+            let catalogue = Catalogue::embedded();
+            let mut f = taizhang::audit::spot::Features::new(
+                &catalogue,
+                taizhang::audit::spot::DEFAULT_RECEIPT_DEADLINE_MS,
+            );
+            let mut hashes = Vec::new();
+            taizhang::codec::scan_frames(&data, 0, [0; 32], |i, leaf, h| {
+                if i < cp.size {
+                    f.add(i, leaf)?;
+                    hashes.push(h);
+                }
+                Ok(())
+            })
+            .map_err(|e| anyhow!("{e}"))?;
+            let s = taizhang::audit::spot::draw(
+                f.population(&jurisdiction),
+                &cp.origin,
+                cp.size,
+                &cp.root,
+                &jurisdiction,
+                sample,
+            );
+            let signed = taizhang::checkpoint::SignedNote::parse(&note)?;
+            let r = taizhang::api::audit::spot_pb(
+                &s,
+                &note,
+                cp.size,
+                &cp.root,
+                signed.signatures.len().saturating_sub(1) as u32,
+                &|i| {
+                    Ok(pb::EntryRef {
+                        origin: cp.origin.clone(),
+                        index: i,
+                        leaf_hash: hashes[i as usize].to_vec(),
+                    })
+                },
+            )
+            .map_err(|e| anyhow!("{}", e.message()))?;
+            print!("{}", crate::cli_audit::spot_text(&r));
+            println!(
+                "recomputed from {} verified entries{}",
+                report.entries,
+                if policy.is_some() {
+                    " under the witness policy"
+                } else {
+                    ""
+                }
+            );
+            if let Some(path) = expect {
+                let theirs: pb::SelectSpotChecksResponse =
+                    serde_json::from_str(&std::fs::read_to_string(&path)?)
+                        .with_context(|| format!("{}", path.display()))?;
+                if theirs != r {
+                    println!("FAILED: the server's sample in {} differs", path.display());
+                    return Ok(ExitCode::from(3));
+                }
+                println!("ok: the server's sample is the one the checkpoint determines");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         VerifyCmd::Checkpoint {
             note,
             ledger_key,

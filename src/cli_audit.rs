@@ -126,6 +126,23 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sites to inspect (抽查): a risk-weighted sample drawn from a checkpoint's root, which
+    /// anyone can recompute from an export (`taizhang verify spot-check`).
+    SpotCheck {
+        /// Division code prefix to draw from.
+        #[arg(long, default_value = "")]
+        jurisdiction: String,
+        /// How many sites.
+        #[arg(long, default_value_t = 5)]
+        sample: u32,
+        /// The checkpoint note to draw from (default: the latest witnessed).
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Who queries, and which certificate it trusts for an `https://` server.
@@ -347,7 +364,76 @@ pub async fn run(cmd: AuditCmd, key: Querier) -> Result<ExitCode> {
                 .into_inner();
             show(json, &r, losses_text)
         }
+        AuditCmd::SpotCheck {
+            jurisdiction,
+            sample,
+            checkpoint,
+            server,
+            json,
+        } => {
+            let note = checkpoint
+                .map(|p| {
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?
+                .unwrap_or_default();
+            let r = client(&server, &key)
+                .await?
+                .select_spot_checks(pb::SelectSpotChecksRequest {
+                    checkpoint: note,
+                    jurisdiction,
+                    sample_size: sample,
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            show(json, &r, spot_text)
+        }
     }
+}
+
+/// The spot-check sample as a table.
+pub fn spot_text(r: &pb::SelectSpotChecksResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Spot checks 抽查 — {} of {} sites (total weight {}), drawn from checkpoint size {} \
+         ({} cosignatures), seed {}",
+        r.sample.len(),
+        r.population,
+        thousands(r.total_weight),
+        r.size,
+        r.cosignatures,
+        hex::encode(&r.seed)
+    );
+    for s in &r.sample {
+        let _ = writeln!(
+            o,
+            "  {:>3}. {} {}  weight {} (category ×{}, volume {}, open losses {}, variances {}){}",
+            s.rank,
+            s.enterprise,
+            s.site,
+            s.weight,
+            s.category_factor,
+            thousands(s.volume),
+            s.open_losses,
+            s.variances,
+            if s.entries.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  entries {}",
+                    s.entries
+                        .iter()
+                        .map(|e| e.index.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    o
 }
 
 fn signed(q: i64) -> String {

@@ -4,7 +4,7 @@
 use super::auth::{Caller, Gate};
 use super::status;
 use crate::audit::access::{self, Access};
-use crate::audit::{balance, losses, permits, picture, trace, trade, AuditConfig};
+use crate::audit::{balance, losses, permits, picture, spot, trace, trade, AuditConfig};
 use crate::ledger::views::Term;
 use crate::ledger::views::{ClosedHow, PermitState};
 use crate::ledger::Ledger;
@@ -138,6 +138,46 @@ impl AuditService {
             issuer_key: p.issuer.to_string(),
         })
     }
+}
+
+/// A drawn spot-check sample as protobuf; `entry` makes the `EntryRef` of a cited entry (the
+/// server from its tree, an offline verifier from the export).
+pub fn spot_pb(
+    sample: &spot::Sample,
+    note: &str,
+    size: u64,
+    root: &[u8; 32],
+    cosignatures: u32,
+    entry: &dyn Fn(u64) -> Result<pb::EntryRef, Status>,
+) -> Result<pb::SelectSpotChecksResponse, Status> {
+    let mut out = Vec::with_capacity(sample.drawn.len());
+    for (i, ((enterprise, site), risk, weight)) in sample.drawn.iter().enumerate() {
+        out.push(pb::SpotCheck {
+            rank: i as u32 + 1,
+            enterprise: enterprise.clone(),
+            site: site.clone(),
+            weight: *weight,
+            volume: clamp64(risk.volume),
+            category_factor: risk.category_factor,
+            open_losses: risk.open_losses,
+            variances: risk.variances,
+            entries: risk
+                .entries
+                .iter()
+                .map(|&e| entry(e))
+                .collect::<Result<_, _>>()?,
+        });
+    }
+    Ok(pb::SelectSpotChecksResponse {
+        checkpoint: note.to_string(),
+        size,
+        root: root.to_vec(),
+        seed: sample.seed.to_vec(),
+        population: sample.population as u32,
+        total_weight: sample.total_weight,
+        sample: out,
+        cosignatures,
+    })
 }
 
 /// Entry references for a set of cited entries, their leaf hashes read under one lock.
@@ -818,6 +858,80 @@ impl pb::audit_server::Audit for AuditService {
             as_of_ms: as_of,
             ledger_size,
         }))
+    }
+
+    async fn select_spot_checks(
+        &self,
+        req: Request<pb::SelectSpotChecksRequest>,
+    ) -> Result<Response<pb::SelectSpotChecksResponse>, Status> {
+        let access = self.caller(&req, "SelectSpotChecks")?.access;
+        let r = req.into_inner();
+        if !r.jurisdiction.is_empty() {
+            crate::model::check_region_code(&r.jurisdiction, true)
+                .map_err(|e| Status::invalid_argument(format!("jurisdiction: {e}")))?;
+        }
+        if !access.covers_jurisdiction(&r.jurisdiction) {
+            return Err(out_of_scope(
+                "jurisdiction",
+                &format!("division `{}`", r.jurisdiction),
+            ));
+        }
+        if r.sample_size == 0 || r.sample_size > 1000 {
+            return Err(Status::invalid_argument("sample_size: must be 1..=1000"));
+        }
+        let note = if r.checkpoint.is_empty() {
+            self.ledger.witnessed().map(|(n, _)| n).ok_or_else(|| {
+                Status::failed_precondition(
+                    "checkpoint: no checkpoint has been witnessed yet; name one (a signed \
+                         note of this ledger)",
+                )
+            })?
+        } else {
+            r.checkpoint.clone()
+        };
+        let verifier = crate::checkpoint::NoteVerifier::new(
+            self.ledger.origin(),
+            self.ledger.ledger_public_key(),
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (cp, signed) = crate::checkpoint::open_checkpoint(&note, &verifier)
+            .map_err(|e| Status::invalid_argument(format!("checkpoint: {e}")))?;
+        if self.ledger.root_at(cp.size) != Some(cp.root) {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint: size {} with that root is not this ledger's log",
+                cp.size
+            )));
+        }
+        let ledger = self.ledger.clone();
+        // The documented constant, not this server's setting: anyone must recompute the same.
+        let deadline = spot::DEFAULT_RECEIPT_DEADLINE_MS;
+        let size = cp.size;
+        let j = r.jurisdiction.clone();
+        let k = r.sample_size;
+        let origin = cp.origin.clone();
+        let root = cp.root;
+        let sample = tokio::task::spawn_blocking(move || {
+            let f = spot::gather(&ledger, ledger.catalogue(), size, deadline)?;
+            Ok::<_, crate::ledger::Refusal>(spot::draw(
+                f.population(&j),
+                &origin,
+                size,
+                &root,
+                &j,
+                k,
+            ))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)?;
+        let cited: Vec<u64> = sample
+            .drawn
+            .iter()
+            .flat_map(|(_, r, _)| r.entries.iter().copied())
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let cosignatures = signed.signatures.len().saturating_sub(1) as u32;
+        spot_pb(&sample, &note, size, &root, cosignatures, &|i| refs.get(i)).map(Response::new)
     }
 
     async fn list_permits(

@@ -824,6 +824,12 @@ impl Ledger {
         Ok((r.checkpoint.clone(), r.checkpoint_size, r.tree.root()))
     }
 
+    /// The Merkle root of the first `size` entries, if the log has that many.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        let r = self.read().ok()?;
+        merkle::root_at::<Blake3Hasher, _>(&r.tree, size)
+    }
+
     /// The latest checkpoint the witness policy accepted: its note (with the cosignatures) and
     /// size.
     pub fn witnessed(&self) -> Option<(String, u64)> {

@@ -182,7 +182,18 @@ async fn each_role_reads_its_own_party_or_jurisdiction_only() {
         ("FindLosses jurisdiction 440305", "n n n y n y"),
         ("TraceLot L1", "y y n y n y"),
         ("TraceLot SH-L", "n n y n y y"),
+        ("SelectSpotChecks 4403", "n n n y n y"),
+        ("SelectSpotChecks 31", "n n n n y y"),
+        ("WatchEntries", "y y y y y y"),
     ];
+    let note = s
+        .bare()
+        .await
+        .get_checkpoint(pb::GetCheckpointRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .note;
     let mut failures = Vec::new();
     for (query, row) in &table {
         let want = expect(row);
@@ -273,6 +284,18 @@ async fn each_role_reads_its_own_party_or_jurisdiction_only() {
                 ),
                 "TraceLot L1" => outcome(a.trace_lot(trace(lot)).await),
                 "TraceLot SH-L" => outcome(a.trace_lot(trace("SH-L")).await),
+                "SelectSpotChecks 4403" | "SelectSpotChecks 31" => outcome(
+                    a.select_spot_checks(pb::SelectSpotChecksRequest {
+                        checkpoint: note.clone(),
+                        jurisdiction: query.rsplit(' ').next().unwrap().into(),
+                        sample_size: 2,
+                    })
+                    .await,
+                ),
+                // Everyone may watch; what it sees is redacted to its scope (tested below).
+                "WatchEntries" => {
+                    outcome(l.watch_entries(pb::WatchEntriesRequest { from: 0 }).await)
+                }
                 q => panic!("no query {q}"),
             };
             if got != want {

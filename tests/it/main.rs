@@ -12,6 +12,7 @@ mod losses;
 mod offline;
 mod permits;
 mod pipeline;
+mod spot;
 mod storage;
 mod trade;
 mod witness;
