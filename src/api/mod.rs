@@ -602,9 +602,32 @@ pub async fn serve_opts(
             Ok(s)
         })
     });
-    let (stop_witnessing, witnessing_stopped) = tokio::sync::watch::channel(false);
+    // Background tasks end with the server: none may keep the ledger (and its lock) alive.
+    let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
+    // A ledger that stops taking writes (a failed fdatasync, damage found by the scrub) is not
+    // serving: say so to health checks.
+    tokio::spawn({
+        let ledger = ledger.clone();
+        let health_reporter = health_reporter.clone();
+        let mut stopped = tasks_stopped.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    _ = stopped.changed() => return,
+                }
+                if let Some(why) = ledger.poisoned() {
+                    tracing::error!(%why, "health: NOT_SERVING");
+                    health_reporter
+                        .set_not_serving::<LedgerServer<LedgerService>>()
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
     if let Some(w) = opts.witnessing.clone() {
-        tokio::spawn(witnessing::run(ledger.clone(), w, witnessing_stopped));
+        tokio::spawn(witnessing::run(ledger.clone(), w, tasks_stopped));
     }
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &opts.tls {
@@ -621,7 +644,7 @@ pub async fn serve_opts(
         .add_service(audit_svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
-    let _ = stop_witnessing.send(true);
+    let _ = stop_tasks.send(true);
     Ok(())
 }
 

@@ -176,6 +176,8 @@ struct Shared {
     witnessed_path: PathBuf,
     size_tx: watch::Sender<u64>,
     poisoned: RwLock<Option<String>>,
+    /// The background check of the log before the views' position (see [`Ledger::scrub`]).
+    scrub: RwLock<Scrub>,
     /// Groups the writer has written that the syncer has not yet made durable and applied.
     in_flight: Mutex<VecDeque<Arc<InFlight>>>,
     /// Byte budget of the writer's queue.
@@ -432,6 +434,9 @@ impl Ledger {
             // Last integrated time, for monotonic time.
             *replay.last_time_ms = 0;
         }
+        // Frames before `from` are trusted to the views' entry index here (a fast open); a
+        // background scrub re-reads and checks them once the ledger is up.
+        let scrub_upto = from;
         let (log, recovery) = SegmentLog::open(&log_dir, cfg.max_segment_bytes, from, |s| {
             replay.entry(s.index, s.leaf, s.hash, s.location)
         })
@@ -554,6 +559,11 @@ impl Ledger {
             witnessed_path,
             size_tx,
             poisoned: RwLock::new(None),
+            scrub: RwLock::new(if scrub_upto.entries > 0 {
+                Scrub::Running
+            } else {
+                Scrub::Done(0)
+            }),
             in_flight: Mutex::new(VecDeque::new()),
             two_person: cfg.two_person.clone(),
             _lock: lock,
@@ -567,7 +577,38 @@ impl Ledger {
             .name("taizhang-writer".into())
             .spawn(move || run_writer(s2, writer, rx))
             .map_err(|e| Refusal::internal(format!("writer thread: {e}")))?;
+        if scrub_upto.entries > 0 {
+            // Weak: the scrub must not keep a closed ledger (and its lock) alive.
+            let s3 = Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("taizhang-scrub".into())
+                .spawn(move || run_scrub(s3, log_dir, scrub_upto))
+                .map_err(|e| Refusal::internal(format!("scrub thread: {e}")))?;
+        }
         Ok((Ledger { shared, tx }, report))
+    }
+
+    /// Where the background check of the log stands. At open the ledger reads only the log
+    /// after the views' position and trusts the views' entry index for what is before it; a
+    /// scrub thread then re-reads those frames and checks each (hash, index, chain, and the
+    /// hash the index holds). Damage stops writes (`DATA_LOSS` in the reason) and health
+    /// reports not serving; every read of a damaged frame is refused with `DATA_LOSS` anyway.
+    /// Waits for the background check of the log to finish, and returns its outcome.
+    pub async fn scrub_done(&self) -> Scrub {
+        loop {
+            match self.scrub() {
+                Scrub::Running => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                s => return s,
+            }
+        }
+    }
+
+    pub fn scrub(&self) -> Scrub {
+        self.shared
+            .scrub
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or(Scrub::Failed("scrub state poisoned".into()))
     }
 
     pub fn origin(&self) -> &str {
@@ -1364,9 +1405,12 @@ fn refuse_all(replies: Vec<Reply>, sizes: impl Iterator<Item = usize>, why: &str
         let _ = reply.send(
             (0..n)
                 .map(|_| {
-                    Err(Refusal::unavailable(format!(
-                        "ledger is refusing writes: {why}"
-                    )))
+                    let m = format!("ledger is refusing writes: {why}");
+                    Err(if why.starts_with("data loss") {
+                        Refusal::new(Code::DataLoss, m)
+                    } else {
+                        Refusal::unavailable(m)
+                    })
                 })
                 .collect(),
         );
@@ -1533,6 +1577,47 @@ impl Drop for FairGuard<'_> {
             parking_lot::RwLockReadGuard::unlock_fair(g);
         }
     }
+}
+
+/// The background check of the log (see [`Ledger::scrub`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scrub {
+    Running,
+    /// Frames checked, all sound.
+    Done(u64),
+    /// What was found.
+    Failed(String),
+}
+
+fn run_scrub(shared: std::sync::Weak<Shared>, dir: PathBuf, upto: Position) {
+    let started = std::time::Instant::now();
+    // Stops (as a mismatch nobody will see) once the ledger is gone.
+    let result = SegmentLog::scrub(&dir, &upto, |i| {
+        let s = shared.upgrade()?;
+        let r = s.read.read().ok()?;
+        r.tree.leaf(i)
+    });
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let state = match result {
+        Ok(n) => {
+            tracing::info!(
+                frames = n,
+                secs = started.elapsed().as_secs_f64(),
+                "log scrub: sound"
+            );
+            Scrub::Done(n)
+        }
+        Err(e) => {
+            let why = format!("data loss: the background check of the log found {e}");
+            poison(&shared, why.clone());
+            Scrub::Failed(why)
+        }
+    };
+    if let Ok(mut s) = shared.scrub.write() {
+        *s = state;
+    };
 }
 
 fn poison(shared: &Shared, why: String) {

@@ -291,6 +291,77 @@ impl SegmentLog {
         ))
     }
 
+    /// Re-reads and checks every frame before `upto` (the part `open` trusted to the views):
+    /// each frame's hash, index and chain link, that its hash is `expect(index)` (the tree the
+    /// views hold), and that the last one ends at `upto`. Returns how many frames it checked.
+    pub fn scrub(
+        dir: &Path,
+        upto: &Position,
+        mut expect: impl FnMut(u64) -> Option<Hash>,
+    ) -> Result<u64, StoreError> {
+        let segments = list_segments(dir)?;
+        let mut index = 0u64;
+        let mut prev: Hash = [0; 32];
+        for (i, &first) in segments.iter().enumerate() {
+            if index >= upto.entries {
+                break;
+            }
+            let path = dir.join(seg_name(first));
+            if first != index {
+                return Err(StoreError::DataLoss {
+                    what: format!(
+                        "{} starts at index {first}, but the previous segments end at {index}",
+                        path.display()
+                    ),
+                });
+            }
+            let data = fs::read(&path).map_err(|e| io("read", &path, e))?;
+            let end = if first == upto.segment {
+                upto.offset as usize
+            } else if i + 1 < segments.len() {
+                data.len()
+            } else {
+                return Err(StoreError::DataLoss {
+                    what: format!("segment {} recorded as durable is missing", upto.segment),
+                });
+            };
+            if end > data.len() {
+                return Err(StoreError::DataLoss {
+                    what: format!(
+                        "{} is {} bytes, shorter than its durable length {end}",
+                        path.display(),
+                        data.len()
+                    ),
+                });
+            }
+            let mut off = 0usize;
+            while off < end && index < upto.entries {
+                let damaged = |why: String| StoreError::DataLoss {
+                    what: format!("{} at offset {off} (entry {index}): {why}", path.display()),
+                };
+                let (leaf, hash) = check_frame(&data[..end], off, index, &prev)
+                    .map_err(|e| damaged(e.describe()))?;
+                if expect(index) != Some(hash) {
+                    return Err(damaged(
+                        "the leaf hash differs from the one the views' entry index holds".into(),
+                    ));
+                }
+                off += leaf.len() + FRAME_OVERHEAD as usize;
+                prev = hash;
+                index += 1;
+            }
+        }
+        if index != upto.entries || (upto.entries > 0 && prev != upto.last_hash) {
+            return Err(StoreError::DataLoss {
+                what: format!(
+                    "the log holds {index} checked entries where the views recorded {}",
+                    upto.entries
+                ),
+            });
+        }
+        Ok(index)
+    }
+
     /// The position after the last entry.
     pub fn end(&self) -> Position {
         self.end

@@ -3355,3 +3355,5 @@ async fn watch_started_before_an_append_yields_every_entry_up_to_it_in_order() {
     append_and_watch(&mut h, &mut watch, "W-1").await;
     append_and_watch(&mut h, &mut watch, "W-2").await;
 }
+
+mod hostile;

@@ -408,3 +408,5 @@ async fn views_in_another_format_are_rebuilt_from_the_log() {
     assert_eq!(report.replayed, n);
     assert_eq!(l.dump_views().unwrap(), views);
 }
+
+mod tamper;
