@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod crash;
 mod custody;
+mod faults;
 mod ingest;
 mod losses;
 mod offline;
