@@ -300,6 +300,13 @@ struct NetArgs {
     /// How often to offer the latest checkpoint to the witnesses, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     witness_interval_ms: u64,
+    /// Most client connections open at once; further ones are closed on accept.
+    #[arg(long, default_value_t = taizhang::api::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// A connection must send its HTTP/2 preface within this many seconds; keepalive pings
+    /// find dead peers at the same interval.
+    #[arg(long, default_value_t = 20)]
+    idle_timeout_secs: u64,
 }
 
 impl NetArgs {
@@ -464,6 +471,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 query_window_ms: net.query_window_secs.saturating_mul(1000),
                 tls: net.tls()?,
                 witnessing: net.witnessing()?,
+                max_connections: net.max_connections,
+                idle_timeout: std::time::Duration::from_secs(net.idle_timeout_secs.max(1)),
             };
             serve(ledger, &listen, opts)
         }

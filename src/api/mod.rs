@@ -544,6 +544,87 @@ pub async fn serve_with(
     .await
 }
 
+/// Most connections served at once by default; more are closed as soon as they are accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The HTTP/2 connection preface: the first bytes every client must send.
+const PREFACE_LEN: usize = 24;
+
+/// A TCP connection that holds one of the server's connection slots while it is open, and is
+/// closed if its first [`PREFACE_LEN`] bytes do not arrive before a deadline (slow-loris).
+struct Slot {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Until the preface has arrived.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    seen: usize,
+}
+
+impl tonic::transport::server::Connected for Slot {
+    type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Slot {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(d) = self.deadline.as_mut() {
+            if std::future::Future::poll(d.as_mut(), cx).is_ready() {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no connection preface in time",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if r.is_ready() {
+            self.seen += buf.filled().len() - before;
+            if self.seen >= PREFACE_LEN {
+                self.deadline = None;
+            }
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Slot {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
 /// How to serve: audit settings, the query window, TLS.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -554,6 +635,11 @@ pub struct ServeOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// Witnesses to ask for cosignatures, and the quorum that makes a checkpoint witnessed.
     pub witnessing: Option<witnessing::Witnessing>,
+    /// Most connections open at once; those beyond are closed on accept.
+    pub max_connections: usize,
+    /// A connection that has not finished its HTTP/2 handshake and first request headers in
+    /// this long is dropped (slow-loris), and keepalive pings find dead peers this often.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -563,6 +649,8 @@ impl Default for ServeOptions {
             query_window_ms: auth::DEFAULT_WINDOW_MS,
             tls: None,
             witnessing: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: std::time::Duration::from_secs(20),
         }
     }
 }
@@ -596,12 +684,29 @@ pub async fn serve_opts(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Small request/response messages: Nagle's algorithm would hold each for a delayed ACK.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    });
+    // Connections beyond the limit are closed at once, so a flood cannot exhaust descriptors.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let idle = opts.idle_timeout;
+    let incoming =
+        tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("connection limit reached: closing a new connection");
+                return None;
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                return Some(Err(e));
+            }
+            Some(Ok(Slot {
+                stream,
+                _permit: permit,
+                deadline: Some(Box::pin(tokio::time::sleep(idle))),
+                seen: 0,
+            }))
+        });
     // Background tasks end with the server: none may keep the ledger (and its lock) alive.
     let (stop_tasks, tasks_stopped) = tokio::sync::watch::channel(false);
     // A ledger that stops taking writes (a failed fdatasync, damage found by the scrub) is not
@@ -638,6 +743,9 @@ pub async fn serve_opts(
     }
     builder
         .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(opts.idle_timeout))
+        .http2_keepalive_timeout(Some(opts.idle_timeout))
+        .tcp_keepalive(Some(opts.idle_timeout))
         .add_service(health)
         .add_service(reflection)
         .add_service(svc)
