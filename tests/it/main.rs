@@ -13,6 +13,7 @@ mod losses;
 mod offline;
 mod permits;
 mod pipeline;
+mod python;
 mod spot;
 mod storage;
 mod trade;
