@@ -300,6 +300,9 @@ struct NetArgs {
     /// How often to offer the latest checkpoint to the witnesses, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     witness_interval_ms: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Most client connections open at once; further ones are closed on accept.
     #[arg(long, default_value_t = taizhang::api::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -472,9 +475,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 tls: net.tls()?,
                 witnessing: net.witnessing()?,
                 max_connections: net.max_connections,
+                metrics: taizhang::api::metrics::Metrics::new(),
                 idle_timeout: std::time::Duration::from_secs(net.idle_timeout_secs.max(1)),
             };
-            serve(ledger, &listen, opts)
+            serve(ledger, &listen, opts, net.metrics_listen.as_deref())
         }
         Cmd::Submit {
             file,
@@ -705,7 +709,12 @@ fn two_person(names: &[String]) -> Result<Vec<i32>> {
         .collect()
 }
 
-fn serve(a: LedgerArgs, listen: &str, opts: taizhang::api::ServeOptions) -> Result<ExitCode> {
+fn serve(
+    a: LedgerArgs,
+    listen: &str,
+    opts: taizhang::api::ServeOptions,
+    metrics_listen: Option<&str>,
+) -> Result<ExitCode> {
     let cfg = ledger_config(&a)?;
     let rt = runtime()?;
     rt.block_on(async move {
@@ -725,10 +734,28 @@ fn serve(a: LedgerArgs, listen: &str, opts: taizhang::api::ServeOptions) -> Resu
                  network in the clear (give --tls-cert and --tls-key)"
             );
         }
-        // The line tests and scripts wait for.
+        let metrics_stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let metrics_addr = match metrics_listen {
+            Some(m) => {
+                let (l, a) = taizhang::api::bind(m)
+                    .await
+                    .with_context(|| format!("--metrics-listen {m}"))?;
+                let stop = metrics_stop.clone();
+                tokio::spawn(taizhang::api::metrics::serve(
+                    opts.metrics.clone(),
+                    ledger.clone(),
+                    l,
+                    async move { stop.notified().await },
+                ));
+                Some(a)
+            }
+            None => None,
+        };
+        // The line tests and scripts wait for (one write: see `witness`).
         println!(
-            "listening on {addr}{}",
-            if opts.tls.is_some() { " (TLS)" } else { "" }
+            "listening on {addr}{}{}",
+            if opts.tls.is_some() { " (TLS)" } else { "" },
+            metrics_addr.map_or(String::new(), |a| format!("\nmetrics on http://{a}/metrics"))
         );
         // Stop on Ctrl-C or SIGTERM (what service managers send).
         let shutdown = async {
@@ -742,6 +769,7 @@ fn serve(a: LedgerArgs, listen: &str, opts: taizhang::api::ServeOptions) -> Resu
         taizhang::api::serve_opts(ledger.clone(), listener, shutdown, opts)
             .await
             .map_err(|e| anyhow!("{e}"))?;
+        metrics_stop.notify_one();
         // Let the writer finish and the views reach sled before the process exits.
         ledger.close().await;
         tracing::info!("stopped cleanly");

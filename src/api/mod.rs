@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod metrics;
 pub mod witness;
 pub mod witnessing;
 
@@ -138,11 +139,20 @@ fn may_read_key(ledger: &Ledger, caller: &auth::Caller, id: &KeyId) -> Result<()
 pub struct LedgerService {
     ledger: Ledger,
     gate: std::sync::Arc<auth::Gate>,
+    metrics: metrics::Metrics,
 }
 
 impl LedgerService {
-    pub fn new(ledger: Ledger, gate: std::sync::Arc<auth::Gate>) -> Self {
-        LedgerService { ledger, gate }
+    pub fn new(
+        ledger: Ledger,
+        gate: std::sync::Arc<auth::Gate>,
+        metrics: metrics::Metrics,
+    ) -> Self {
+        LedgerService {
+            ledger,
+            gate,
+            metrics,
+        }
     }
 }
 
@@ -154,15 +164,20 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         req: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::Receipt>, Status> {
-        let s = submission(req.into_inner().record).map_err(status)?;
-        let r = self.ledger.submit(s).await.map_err(status)?;
-        Ok(Response::new(receipt_pb(r)))
+        let started = std::time::Instant::now();
+        let s = submission(req.into_inner().record)
+            .map_err(status)
+            .inspect_err(|e| self.metrics.refused_early(e))?;
+        let r = self.ledger.submit(s).await;
+        self.metrics.record(&r, started);
+        Ok(Response::new(receipt_pb(r.map_err(status)?)))
     }
 
     async fn submit_batch(
         &self,
         req: Request<pb::SubmitBatchRequest>,
     ) -> Result<Response<pb::SubmitBatchResponse>, Status> {
+        let started = std::time::Instant::now();
         let records = req.into_inner().records;
         if records.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
@@ -176,6 +191,9 @@ impl pb::ledger_server::Ledger for LedgerService {
             .collect::<Result<_, _>>()
             .map_err(status)?;
         let results = self.ledger.submit_many(subs).await;
+        for r in &results {
+            self.metrics.record(r, started);
+        }
         Ok(Response::new(pb::SubmitBatchResponse {
             results: results.into_iter().map(result_pb).collect(),
         }))
@@ -227,7 +245,11 @@ impl pb::ledger_server::Ledger for LedgerService {
                 let subs: Vec<_> = chunk.into_iter().map(|m| submission(m.record)).collect();
                 let l = ledger.clone();
                 let h = tokio::task::spawn_blocking(move || l.prepare_all(subs));
-                if prep_tx.send(Stage::Chunk(n, h)).await.is_err() {
+                if prep_tx
+                    .send(Stage::Chunk((n, std::time::Instant::now()), h))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 if let Some(e) = stop {
@@ -240,9 +262,9 @@ impl pb::ledger_server::Ledger for LedgerService {
         tokio::spawn(async move {
             while let Some(stage) = prep_rx.recv().await {
                 let next = match stage {
-                    Stage::Chunk(n, h) => {
+                    Stage::Chunk((n, t), h) => {
                         let items = h.await.unwrap_or_else(|_| crate::ledger::panicked(n));
-                        Stage::Chunk(n, Box::pin(ledger.enqueue(items).await) as Pending)
+                        Stage::Chunk((n, t), Box::pin(ledger.enqueue(items).await) as Pending)
                     }
                     Stage::Error(e) => Stage::Error(e),
                 };
@@ -251,11 +273,13 @@ impl pb::ledger_server::Ledger for LedgerService {
                 }
             }
         });
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(stage) = wait_rx.recv().await {
                 match stage {
-                    Stage::Chunk(_, results) => {
+                    Stage::Chunk((_, started), results) => {
                         for r in results.await {
+                            metrics.record(&r, started);
                             if out_tx.send(Ok(result_pb(r))).await.is_err() {
                                 return;
                             }
@@ -493,9 +517,10 @@ fn record_bytes(m: &pb::SubmitRequest) -> usize {
 type Prepped = Vec<Result<crate::ledger::Prepared, Refusal>>;
 type Pending = Pin<Box<dyn std::future::Future<Output = Vec<Result<Receipt, Refusal>>> + Send>>;
 
-/// A stage of the streaming pipeline: a chunk of `n` records, or the input stream's error.
+/// A stage of the streaming pipeline: a chunk of `n` records (and when it arrived), or the
+/// input stream's error.
 enum Stage<T> {
-    Chunk(usize, T),
+    Chunk((usize, std::time::Instant), T),
     Error(Status),
 }
 
@@ -637,6 +662,8 @@ pub struct ServeOptions {
     pub witnessing: Option<witnessing::Witnessing>,
     /// Most connections open at once; those beyond are closed on accept.
     pub max_connections: usize,
+    /// What the service counts (serve it with [`metrics::serve`]).
+    pub metrics: metrics::Metrics,
     /// A connection that has not finished its HTTP/2 handshake and first request headers in
     /// this long is dropped (slow-loris), and keepalive pings find dead peers this often.
     pub idle_timeout: std::time::Duration,
@@ -650,6 +677,7 @@ impl Default for ServeOptions {
             tls: None,
             witnessing: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            metrics: metrics::Metrics::new(),
             idle_timeout: std::time::Duration::from_secs(20),
         }
     }
@@ -680,9 +708,13 @@ pub async fn serve_opts(
         gate.clone(),
     ))
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let svc = LedgerServer::new(LedgerService::new(ledger.clone(), gate))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc = LedgerServer::new(LedgerService::new(
+        ledger.clone(),
+        gate,
+        opts.metrics.clone(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Small request/response messages: Nagle's algorithm would hold each for a delayed ACK.
     // Connections beyond the limit are closed at once, so a flood cannot exhaust descriptors.
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(opts.max_connections));

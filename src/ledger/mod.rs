@@ -871,6 +871,12 @@ impl Ledger {
         merkle::root_at::<Blake3Hasher, _>(&r.tree, size)
     }
 
+    /// Bytes of records waiting for the writer (what backpressure counts).
+    pub fn queued_bytes(&self) -> usize {
+        let free = self.shared.queue_budget.available_permits();
+        (QUEUE_BUDGET_BYTES / BUDGET_UNIT).saturating_sub(free) * BUDGET_UNIT
+    }
+
     /// The latest checkpoint the witness policy accepted: its note (with the cosignatures) and
     /// size.
     pub fn witnessed(&self) -> Option<(String, u64)> {

@@ -10,6 +10,7 @@ mod custody;
 mod faults;
 mod ingest;
 mod losses;
+mod metrics;
 mod offline;
 mod permits;
 mod pipeline;
