@@ -934,6 +934,62 @@ impl pb::audit_server::Audit for AuditService {
         spot_pb(&sample, &note, size, &root, cosignatures, &|i| refs.get(i)).map(Response::new)
     }
 
+    async fn sales_report(
+        &self,
+        req: Request<pb::SalesReportRequest>,
+    ) -> Result<Response<pb::SalesReportResponse>, Status> {
+        let access = self.caller(&req, "SalesReport")?.access;
+        let r = req.into_inner();
+        required("enterprise", &r.enterprise)?;
+        self.require_enterprise(&access, "enterprise", &r.enterprise)?;
+        let to_ms = if r.to_ms == 0 {
+            crate::ledger::now_ms() + 1
+        } else {
+            r.to_ms
+        };
+        let (rep, _) = self.on_snapshot(|snap| {
+            crate::audit::reports::sales(
+                snap,
+                self.ledger.catalogue(),
+                &r.enterprise,
+                r.from_ms,
+                to_ms,
+            )
+        })?;
+        let cited: Vec<u64> = rep.sales.iter().map(|s| s.shipment.ship_entry).collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let mut sales = Vec::with_capacity(rep.sales.len());
+        for x in &rep.sales {
+            let s = &x.shipment;
+            sales.push(pb::Sale {
+                ship: Some(refs.get(s.ship_entry)?),
+                shipped_at_ms: s.shipped_at_ms,
+                substance: s.substance.clone(),
+                category: x.category,
+                lot: s.lot.clone(),
+                quantity: s.quantity,
+                unit: self.unit(&s.substance),
+                from_site: s.from_site.clone(),
+                buyer: s.to_enterprise.clone(),
+                buyer_name: x.buyer_name.clone(),
+                buyer_site: s.to_site.clone(),
+                permit_nos: x.permit_nos.clone(),
+                carrier: s.carrier.clone(),
+                received: s.received.as_ref().map(|v| v.quantity),
+                due_ms: x.due_ms,
+            });
+        }
+        Ok(Response::new(pb::SalesReportResponse {
+            enterprise: rep.enterprise,
+            name: rep.name,
+            from_ms: r.from_ms,
+            to_ms,
+            sales,
+            due_ms: rep.due_ms,
+            excluded: rep.excluded as u32,
+        }))
+    }
+
     async fn list_permits(
         &self,
         req: Request<pb::ListPermitsRequest>,

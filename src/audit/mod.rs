@@ -9,6 +9,7 @@ pub mod balance;
 pub mod losses;
 pub mod permits;
 pub mod picture;
+pub mod reports;
 pub mod spot;
 pub mod trace;
 pub mod trade;

@@ -15,6 +15,7 @@ mod offline;
 mod permits;
 mod pipeline;
 mod python;
+mod reports;
 mod spot;
 mod storage;
 mod trade;
