@@ -193,6 +193,7 @@ async fn a_read_only_data_dir_is_refused_at_start_and_opens_when_writable() {
         if Command::new("mount")
             .args(["-o", "remount,ro"])
             .arg(&m.0)
+            .stderr(std::process::Stdio::null())
             .status()
             .unwrap()
             .success()
