@@ -369,11 +369,14 @@ async fn run(entries: usize, calls: usize) {
         use pb::audit_server::Audit;
         let t = Instant::now();
         let r = svc
-            .reconcile_permit(taizhang::api::auth::signed_request(
-                &inspector,
-                "/taizhang.v1.Audit/ReconcilePermit",
-                req(),
-            ))
+            .reconcile_permit(
+                taizhang::api::auth::signed_request(
+                    &inspector,
+                    "/taizhang.v1.Audit/ReconcilePermit",
+                    req(),
+                )
+                .unwrap(),
+            )
             .await
             .unwrap()
             .into_inner();

@@ -200,6 +200,31 @@ impl PolicyArgs {
     }
 }
 
+/// A checkpoint trusted before, and the consistency proof from it to the one being checked.
+#[derive(clap::Args, Clone, Default)]
+struct TrustedArgs {
+    /// A checkpoint note trusted before (with --consistency).
+    #[arg(long, requires = "consistency")]
+    trusted: Option<PathBuf>,
+    /// The consistency proof from --trusted to the checkpoint checked
+    /// (`taizhang checkpoint --since T --proof-out P`).
+    #[arg(long, requires = "trusted")]
+    consistency: Option<PathBuf>,
+}
+
+impl TrustedArgs {
+    /// The trusted note and the proof, read.
+    fn load(&self) -> Result<Option<(String, Vec<[u8; 32]>)>> {
+        match (&self.trusted, &self.consistency) {
+            (Some(t), Some(c)) => Ok(Some((
+                std::fs::read_to_string(t).with_context(|| format!("reading {}", t.display()))?,
+                read_proof(c)?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum VerifyCmd {
     /// Check a checkpoint note: the ledger's signature, a witness policy, and consistency with
@@ -210,12 +235,8 @@ enum VerifyCmd {
         ledger_key: PathBuf,
         #[command(flatten)]
         policy: PolicyArgs,
-        /// A checkpoint note trusted before (with --consistency).
-        #[arg(long, requires = "consistency")]
-        trusted: Option<PathBuf>,
-        /// The consistency proof from --trusted to NOTE (`taizhang checkpoint --proof-out`).
-        #[arg(long, requires = "trusted")]
-        consistency: Option<PathBuf>,
+        #[command(flatten)]
+        trusted: TrustedArgs,
     },
     /// Check receipts written by `submit --receipts`.
     Receipt {
@@ -226,14 +247,10 @@ enum VerifyCmd {
         /// Each receipt's checkpoint must meet this witness policy.
         #[command(flatten)]
         policy: PolicyArgs,
-        /// A checkpoint note trusted before (with --consistency): each receipt's checkpoint
-        /// must extend it.
-        #[arg(long, requires = "consistency")]
-        trusted: Option<PathBuf>,
-        /// The consistency proof from --trusted to the receipts' checkpoint (all receipts must
-        /// share one, as `reprove` writes them).
-        #[arg(long, requires = "trusted")]
-        consistency: Option<PathBuf>,
+        /// Each receipt's checkpoint must extend this (all receipts must share one checkpoint,
+        /// as `reprove` writes them).
+        #[command(flatten)]
+        trusted: TrustedArgs,
     },
     /// Check a whole export against a checkpoint.
     Export {
@@ -1061,16 +1078,12 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             ledger_key,
             policy,
             trusted,
-            consistency,
         } => {
             let key = read_public(&ledger_key)?;
             let text = std::fs::read_to_string(&note)
                 .with_context(|| format!("reading {}", note.display()))?;
             let policy = policy.policy()?;
-            let trusted = match (trusted, consistency) {
-                (Some(t), Some(c)) => Some((std::fs::read_to_string(&t)?, read_proof(&c)?)),
-                _ => None,
-            };
+            let trusted = trusted.load()?;
             match verify::verify_checkpoint(
                 &text,
                 &key,
@@ -1103,14 +1116,10 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             ledger_key,
             policy,
             trusted,
-            consistency,
         } => {
             let key = read_public(&ledger_key)?;
             let policy = policy.policy()?;
-            let trusted = match (trusted, consistency) {
-                (Some(t), Some(c)) => Some((std::fs::read_to_string(&t)?, read_proof(&c)?)),
-                _ => None,
-            };
+            let trusted = trusted.load()?;
             let text = std::fs::read_to_string(&file)?;
             let mut bad = 0;
             for (n, l) in text

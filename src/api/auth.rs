@@ -298,35 +298,41 @@ pub async fn connect_tls(
 }
 
 /// The metadata for a query to `method` with serialized request `request`, signed now.
+/// Fails only if the operating system's random source does.
 pub fn query_headers(
     key: &SigningKey,
     method: &str,
     request: &[u8],
-) -> [(&'static str, String); 4] {
+) -> Result<[(&'static str, String); 4], Status> {
     let mut nonce = [0u8; 16];
-    getrandom::getrandom(&mut nonce).expect("the OS random source");
+    getrandom::getrandom(&mut nonce)
+        .map_err(|e| Status::internal(format!("signing a query: no nonce from the OS: {e}")))?;
     let time = crate::ledger::now_ms();
     let sig = crypto::sign_query(key, method, time, &nonce, request);
-    [
+    Ok([
         (KEY_HEADER, KeyId::of(&key.verifying_key()).to_hex()),
         (TIME_HEADER, time.to_string()),
         (NONCE_HEADER, hex::encode(nonce)),
         (SIGNATURE_HEADER, hex::encode(sig)),
-    ]
+    ])
 }
 
 /// `message` as a request to `method` signed by `key` (for calling a service in-process, or a
 /// client that is not a [`Signed`] channel).
-pub fn signed_request<T: prost::Message>(key: &SigningKey, method: &str, message: T) -> Request<T> {
-    let headers = query_headers(key, method, &message.encode_to_vec());
+pub fn signed_request<T: prost::Message>(
+    key: &SigningKey,
+    method: &str,
+    message: T,
+) -> Result<Request<T>, Status> {
+    let headers = query_headers(key, method, &message.encode_to_vec())?;
     let mut req = Request::new(message);
     for (name, value) in headers {
-        req.metadata_mut().insert(
-            name,
-            value.parse().expect("hex and decimal are valid metadata"),
-        );
+        let value = value
+            .parse()
+            .map_err(|e| Status::internal(format!("{name}: {e}")))?;
+        req.metadata_mut().insert(name, value);
     }
-    req
+    Ok(req)
 }
 
 /// The message of a one-message gRPC request body (a 5-byte frame header, then the message).
@@ -376,7 +382,7 @@ where
             let (mut parts, body) = req.into_parts();
             let bytes = body.collect().await?.to_bytes();
             let message = grpc_message(&bytes)?;
-            for (name, value) in query_headers(&key, parts.uri.path(), &message) {
+            for (name, value) in query_headers(&key, parts.uri.path(), &message)? {
                 let value = http::HeaderValue::from_str(&value)
                     .map_err(|e| Status::internal(format!("{name}: {e}")))?;
                 parts.headers.insert(name, value);

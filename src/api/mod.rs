@@ -93,10 +93,11 @@ fn entry_pb(index: u64, leaf: Vec<u8>, hash: [u8; 32]) -> pb::Entry {
 /// Entry `index` as `access` may see it: whole, or only its index and leaf hash.
 fn entry_for(ledger: &Ledger, access: &Access, index: u64) -> Result<pb::Entry, Status> {
     let (leaf, hash) = ledger.entry(index).map_err(status)?;
-    let snap = ledger.snapshot();
-    if access
-        .covers_entry(ledger, snap.as_ref(), index)
-        .map_err(status)?
+    // A national reader sees everything: no snapshot (and no read gate) per exported entry.
+    if access.is_all()
+        || access
+            .covers_entry(ledger, ledger.snapshot().as_ref(), index)
+            .map_err(status)?
     {
         Ok(entry_pb(index, leaf, hash))
     } else {
