@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use taizhang::api::auth::SignedChannel;
-use taizhang::client::{entry_ref, mg, RecordSigner};
+use taizhang::client::RecordSigner;
 use taizhang::codec::Cosig;
 use taizhang::crypto::{self, KeyId};
 use taizhang::ledger::{self, Config, Ledger};
@@ -18,7 +18,7 @@ use taizhang::model::{credit_code_check_char, Catalogue};
 use taizhang::pb::{self, ledger_client::LedgerClient, record_body::Payload};
 use taizhang::verify::{self, ReceiptParts};
 
-const DEV_ORIGIN: &str = "taizhang.dev/ledger";
+pub(crate) const DEV_ORIGIN: &str = "taizhang.dev/ledger";
 
 #[derive(Parser)]
 #[command(
@@ -167,9 +167,31 @@ enum Cmd {
     },
     /// Run a whole small scenario against a fresh ledger over real gRPC and verify it offline.
     Demo {
-        /// Keep the ledger here instead of a temporary directory.
+        /// Where to keep the ledger, witnesses, export and report (default: a new directory
+        /// under the system's temp dir, kept after the demo).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Days of movements to play (at least 7).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Write the inspector's HTML report (self-contained, zh-CN / English) for a jurisdiction.
+    Report {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// Directory to write `index.html` into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Division code (prefix) to report on, e.g. 4403.
+        #[arg(long)]
+        jurisdiction: String,
+        /// Secret key file the queries are signed with (an inspector or regulator covering
+        /// the jurisdiction). Default: the development root regulator.
+        #[arg(long, env = "TAIZHANG_QUERY_KEY")]
+        key: Option<PathBuf>,
+        /// PEM certificate to trust for an `https://` server (its CA, or its own).
+        #[arg(long, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
     },
 }
 
@@ -477,6 +499,17 @@ fn default_agency() -> String {
     "AGENCY_PUBLIC_SECURITY".into()
 }
 
+impl Cli {
+    /// The log filter when neither `TAIZHANG_LOG` nor `RUST_LOG` is set: the demo prints its
+    /// own story and logs only errors; everything else logs at info.
+    pub fn default_log(&self) -> &'static str {
+        match self.cmd {
+            Cmd::Demo { .. } => "error",
+            _ => "info",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Keygen { path } => keygen(&path),
@@ -527,7 +560,32 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             println!("reindexed {} entries", report.entries);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { data } => runtime()?.block_on(demo(data)),
+        Cmd::Demo { data, days } => {
+            runtime()?.block_on(crate::demo::run(crate::demo::Opts { data, days }))
+        }
+        Cmd::Report {
+            server,
+            out,
+            jurisdiction,
+            key,
+            tls_ca,
+        } => {
+            if jurisdiction.is_empty() || !jurisdiction.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("--jurisdiction: a division code or prefix of digits (e.g. 44 or 4403), got `{jurisdiction}`");
+            }
+            let q = Querier {
+                key: query_key(key.as_deref())?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            let s = runtime()?.block_on(crate::report::write(&server, &q, &jurisdiction, &out))?;
+            println!(
+                "report for {jurisdiction}: {} ({} losses, {} entries cited)",
+                out.join("index.html").display(),
+                s.losses,
+                s.entries_cited
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Witness {
             data,
             listen,
@@ -845,7 +903,7 @@ fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>> {
 }
 
 /// A ledger client whose queries are signed by `q`.
-async fn connect(server: &str, q: &Querier) -> Result<LedgerClient<SignedChannel>> {
+pub(crate) async fn connect(server: &str, q: &Querier) -> Result<LedgerClient<SignedChannel>> {
     Ok(LedgerClient::new(q.channel(server).await?)
         .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
@@ -873,7 +931,7 @@ async fn signer_for(
     Ok(RecordSigner::new(key, &cp.origin).resume(head.next_seq, prev))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -1165,13 +1223,17 @@ fn verify_cmd(what: VerifyCmd) -> Result<ExitCode> {
             let data = std::fs::read(&file)?;
             let note = std::fs::read_to_string(&checkpoint)?;
             let trusted = trusted.map(std::fs::read_to_string).transpose()?;
-            report_export(verify::verify_export_with(
-                &data,
-                &note,
-                &key,
-                policy.policy()?.as_ref(),
-                trusted.as_deref(),
-            ))
+            let policy = policy.policy()?;
+            let r =
+                verify::verify_export_with(&data, &note, &key, policy.as_ref(), trusted.as_deref());
+            if let (Ok(_), Some(p)) = (&r, &policy) {
+                println!(
+                    "witnesses: the checkpoint carries the cosignatures of at least {} of the {} trusted",
+                    p.quorum,
+                    p.witnesses.len()
+                );
+            }
+            report_export(r)
         }
         VerifyCmd::Data {
             dir,
@@ -1215,7 +1277,12 @@ fn report_export(r: Result<verify::ExportReport, verify::VerifyError>) -> Result
     }
 }
 
-async fn export(server: &str, q: &Querier, out: &Path, checkpoint: &Path) -> Result<ExitCode> {
+pub(crate) async fn export(
+    server: &str,
+    q: &Querier,
+    out: &Path,
+    checkpoint: &Path,
+) -> Result<ExitCode> {
     let key = &q.key;
     let mut client = connect(server, q).await?;
     let cp = client
@@ -1371,327 +1438,9 @@ async fn fetch_checkpoint(
     Ok(ExitCode::SUCCESS)
 }
 
-fn credit_code(first17: &str) -> String {
+pub(crate) fn credit_code(first17: &str) -> String {
     format!(
         "{first17}{}",
         credit_code_check_char(first17).unwrap_or('0')
     )
-}
-
-async fn demo(data: Option<PathBuf>) -> Result<ExitCode> {
-    let tmp = tempfile::TempDir::new()?;
-    let dir = data.unwrap_or_else(|| tmp.path().join("ledger"));
-    // The development keys are compiled in, so the demo runs from any directory.
-    let regulator = crypto::parse_secret_key_text(include_str!("../keys/dev-regulator.key"))?;
-    let ledger_key = crypto::parse_secret_key_text(include_str!("../keys/dev-ledger.key"))?;
-    let cfg = Config {
-        data_dir: dir.clone(),
-        origin: DEV_ORIGIN.into(),
-        root_regulators: vec![pb::AuthorityKey {
-            public_key: regulator.verifying_key().to_bytes().to_vec(),
-            name: "dev-regulator".into(),
-            agency: pb::Agency::PublicSecurity as i32,
-            jurisdiction: String::new(),
-            validity: None,
-        }],
-        ledger_key: ledger_key.clone(),
-        catalogue: Arc::new(Catalogue::embedded()),
-        max_segment_bytes: ledger::DEFAULT_SEGMENT_BYTES,
-        two_person: ledger::default_two_person(),
-    };
-    let (ledger, _) = Ledger::open(cfg).map_err(|e| anyhow!("{e}"))?;
-    let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(taizhang::api::serve(ledger, listener, async {
-        let _ = stop_rx.await;
-    }));
-    let url = format!("http://{addr}");
-    println!(
-        "ledger {DEV_ORIGIN} serving on {url} (data in {})",
-        dir.display()
-    );
-    let q = Querier {
-        key: regulator.clone(),
-        tls_ca: None,
-    };
-    let mut client = connect(&url, &q).await?;
-    let mut reg = signer_for(&mut client, regulator.clone()).await?;
-    let origin = DEV_ORIGIN;
-    let producer = credit_code("91440300MA5DEMX01");
-    let buyer = credit_code("91440300MA5DEMX02");
-    let licence = |no: &str, activities: &[pb::Activity]| pb::Licence {
-        licence_no: no.into(),
-        category: pb::Category::Precursor1 as i32,
-        activities: activities.iter().map(|a| *a as i32).collect(),
-        validity: None,
-    };
-    let site = |id: &str| pb::Site {
-        site_id: id.into(),
-        name: format!("{id} warehouse"),
-        address: "Shenzhen".into(),
-    };
-    let producer_key = crypto::generate_key()?;
-    let buyer_key = crypto::generate_key()?;
-    let t = now_ms();
-    let mut records = vec![
-        reg.sign(
-            Payload::EnrolEnterprise(pb::EnrolEnterprise {
-                credit_code: producer.clone(),
-                name: "深圳示例制药有限公司".into(),
-                jurisdiction: "440305".into(),
-                licences: vec![licence(
-                    "PL-2026-001",
-                    &[pb::Activity::Produce, pb::Activity::Sell],
-                )],
-                sites: vec![site("plant-1")],
-            }),
-            t,
-        ),
-        reg.sign(
-            Payload::EnrolEnterprise(pb::EnrolEnterprise {
-                credit_code: buyer.clone(),
-                name: "示例医药经营有限公司".into(),
-                jurisdiction: "440306".into(),
-                licences: vec![licence(
-                    "OL-2026-002",
-                    &[pb::Activity::Purchase, pb::Activity::Sell],
-                )],
-                sites: vec![site("wh-1")],
-            }),
-            t,
-        ),
-    ];
-    for (k, ent) in [(&producer_key, &producer), (&buyer_key, &buyer)] {
-        records.push(reg.sign(
-            Payload::RegisterKey(pb::RegisterKey {
-                public_key: k.verifying_key().to_bytes().to_vec(),
-                role: pb::Role::Enterprise as i32,
-                enterprise: ent.clone(),
-                jurisdiction: String::new(),
-                holder: "ERP".into(),
-                validity: None,
-            }),
-            t,
-        ));
-    }
-    // Ephedrine is a pharmaceutical precursor: the drug regulator issues its purchase permits.
-    let drug_key = crypto::generate_key()?;
-    records.push(reg.sign(
-        Payload::RegisterAuthority(pb::RegisterAuthority {
-            authority: Some(pb::AuthorityKey {
-                public_key: drug_key.verifying_key().to_bytes().to_vec(),
-                name: "广东省药品监督管理局 (demo)".into(),
-                agency: pb::Agency::DrugRegulation as i32,
-                jurisdiction: "44".into(),
-                validity: None,
-            }),
-        }),
-        t,
-    ));
-    let mut total = 0;
-    for r in records {
-        client.submit(pb::SubmitRequest { record: Some(r) }).await?;
-        total += 1;
-    }
-    println!("regulator enrolled 2 enterprises, registered their keys and a drug regulator");
-    let mut drug = RecordSigner::new(drug_key, DEV_ORIGIN);
-    let month = pb::Validity {
-        not_before_ms: 0,
-        not_after_ms: t + 30 * 86_400_000,
-    };
-    let eph = "299-42-3";
-    let purchase = client
-        .submit(pb::SubmitRequest {
-            record: Some(drug.sign(
-                Payload::IssuePermit(pb::IssuePermit {
-                    permit_no: "粤药购-2026-0001".into(),
-                    r#type: pb::PermitType::PurchasePermit as i32,
-                    holder: buyer.clone(),
-                    counterparty: producer.clone(),
-                    substance: eph.into(),
-                    ceiling: Some(mg(12_000_000)),
-                    validity: Some(month),
-                    // Category 1 purchase permits are single use.
-                    single_use: true,
-                    ..Default::default()
-                }),
-                now_ms(),
-            )),
-        })
-        .await?
-        .into_inner();
-    let transport = client
-        .submit(pb::SubmitRequest {
-            record: Some(reg.sign(
-                Payload::IssuePermit(pb::IssuePermit {
-                    permit_no: "粤公运-2026-0001".into(),
-                    r#type: pb::PermitType::TransportPermit as i32,
-                    holder: producer.clone(),
-                    substance: eph.into(),
-                    ceiling: Some(mg(10_000_000)),
-                    validity: Some(month),
-                    single_use: true,
-                    origin_site: "plant-1".into(),
-                    destination_site: "wh-1".into(),
-                    consignee: buyer.clone(),
-                    ..Default::default()
-                }),
-                now_ms(),
-            )),
-        })
-        .await?
-        .into_inner();
-    total += 2;
-    println!(
-        "permits: buyer's single-use purchase permit for 12 kg -> entry {}; single-use transport permit for 10 kg -> entry {}",
-        purchase.index, transport.index
-    );
-    let mut p = RecordSigner::new(producer_key, origin);
-    let mut b = RecordSigner::new(buyer_key, origin);
-    let r = client
-        .submit(pb::SubmitRequest {
-            record: Some(p.sign(
-                Payload::Produce(pb::Produce {
-                    site_id: "plant-1".into(),
-                    substance: eph.into(),
-                    lot: "EPH-2026-0001".into(),
-                    quantity: Some(mg(25_000_000)),
-                }),
-                now_ms(),
-            )),
-        })
-        .await?
-        .into_inner();
-    println!(
-        "produce: 25 kg ephedrine lot EPH-2026-0001 -> entry {}",
-        r.index
-    );
-    let ship_eph = |amount: u64| {
-        Payload::Ship(pb::Ship {
-            site_id: "plant-1".into(),
-            substance: eph.into(),
-            lot: "EPH-2026-0001".into(),
-            quantity: Some(mg(amount)),
-            consignee: buyer.clone(),
-            consignee_site: "wh-1".into(),
-            payment_method: "bank_transfer".into(),
-            permit: Some(entry_ref(origin, purchase.index, &purchase.leaf_hash)),
-            transport_permit: Some(entry_ref(origin, transport.index, &transport.leaf_hash)),
-            ..Default::default()
-        })
-    };
-    // A refused record: a shipment larger than the buyer's permit allows.
-    // (Signed at the key's next position without advancing it: the ledger will not take it.)
-    let refused = p.sign_detached(ship_eph(20_000_000), now_ms());
-    let over = client
-        .submit(pb::SubmitRequest {
-            record: Some(refused),
-        })
-        .await;
-    match over {
-        Err(s) => println!("refused as expected: {:?}: {}", s.code(), s.message()),
-        Ok(_) => bail!("a shipment overdrawing its permit was accepted"),
-    }
-    let ship = client
-        .submit(pb::SubmitRequest {
-            record: Some(p.sign(ship_eph(10_000_000), now_ms())),
-        })
-        .await?
-        .into_inner();
-    println!("ship: 10 kg to {buyer} -> entry {}", ship.index);
-    let recv = client
-        .submit(pb::SubmitRequest {
-            record: Some(b.sign(
-                Payload::Receive(pb::Receive {
-                    ship: Some(entry_ref(origin, ship.index, &ship.leaf_hash)),
-                    site_id: "wh-1".into(),
-                    quantity: Some(mg(9_999_000)),
-                    lot: String::new(),
-                }),
-                now_ms(),
-            )),
-        })
-        .await?
-        .into_inner();
-    println!(
-        "receive: 9.999 kg (1 g short in transit) -> entry {}",
-        recv.index
-    );
-    let st = client
-        .submit(pb::SubmitRequest {
-            record: Some(p.sign(
-                Payload::StockTake(pb::StockTake {
-                    site_id: "plant-1".into(),
-                    counts: vec![pb::StockCount {
-                        substance: eph.into(),
-                        lot: "EPH-2026-0001".into(),
-                        quantity: Some(mg(15_000_000)),
-                    }],
-                }),
-                now_ms(),
-            )),
-        })
-        .await?
-        .into_inner();
-    println!("stock take: 15 kg counted at plant-1 -> entry {}", st.index);
-    total += 4;
-    // The inspector's view of the purchase permit: one draw-down, received 1 g short; the
-    // permit closed at that first use and the 2 kg it had left are void.
-    let mut audit = taizhang::pb::audit_client::AuditClient::new(
-        taizhang::api::auth::connect(url.clone(), regulator.clone()).await?,
-    );
-    let rec = audit
-        .reconcile_permit(pb::ReconcilePermitRequest {
-            permit: Some(pb::reconcile_permit_request::Permit::PermitNo(
-                "粤药购-2026-0001".into(),
-            )),
-            as_of_ms: 0,
-        })
-        .await
-        .map_err(|s| anyhow!("reconcile: {}", s.message()))?
-        .into_inner();
-    println!("\ntaizhang audit permit 粤药购-2026-0001:");
-    print!("{}", crate::cli_audit::reconciliation_text(&rec));
-    // The producer's books balance against its count; the 1 g is found as an in-transit loss.
-    let bal = audit
-        .mass_balance(pb::MassBalanceRequest {
-            enterprise: producer.clone(),
-            site: "plant-1".into(),
-            substance: eph.into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("mass balance: {}", s.message()))?
-        .into_inner();
-    println!("\ntaizhang audit balance --enterprise {producer} --site plant-1 --substance {eph}:");
-    print!("{}", crate::cli_audit::balance_text(&bal));
-    let losses = audit
-        .find_losses(pb::FindLossesRequest {
-            scope: Some(pb::find_losses_request::Scope::Jurisdiction("44".into())),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| anyhow!("find losses: {}", s.message()))?
-        .into_inner();
-    println!("\ntaizhang audit losses --jurisdiction 44:");
-    print!("{}", crate::cli_audit::losses_text(&losses));
-    println!();
-    // Verify offline: the last receipt, and the whole export.
-    let key = ledger_key.verifying_key();
-    let out = tmp.path().join("export.tzl");
-    let cpf = tmp.path().join("checkpoint.note");
-    export(&url, &q, &out, &cpf).await?;
-    let report =
-        verify::verify_export(&std::fs::read(&out)?, &std::fs::read_to_string(&cpf)?, &key)?;
-    println!(
-        "verified offline: {} entries ({} submitted here + genesis), {} signatures, root {}",
-        report.entries,
-        total,
-        report.signatures_checked,
-        hex::encode(report.root)
-    );
-    println!("checkpoint:\n{}", std::fs::read_to_string(&cpf)?);
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@
 use super::{se, AuditConfig};
 use crate::ledger::views::{self, key, PermitState, PermitView, ShipmentView};
 use crate::ledger::Refusal;
+use crate::pb;
 use crate::store::ViewRead;
 
 /// How a draw-down stands.
@@ -108,6 +109,17 @@ pub fn reconcile(
     let p = permit(r, issue_entry)?.ok_or_else(|| {
         Refusal::not_found(format!("permit: entry {issue_entry} is not a permit"))
     })?;
+    // Imports and exports draw on a licence without shipments: the two-way check is theirs.
+    if matches!(
+        pb::PermitType::try_from(p.permit_type),
+        Ok(pb::PermitType::ImportLicence | pb::PermitType::ExportLicence)
+    ) {
+        return Err(Refusal::precondition(format!(
+            "permit: {} is an import or export licence; its movements are reconciled by \
+             ReconcileImportExport (taizhang audit trade {})",
+            p.permit_no, p.permit_no
+        )));
+    }
     let mut draw_downs = Vec::with_capacity(p.draws as usize);
     let mut mismatches = Vec::new();
     for (k, v) in r.scan_prefix(&key::draws(issue_entry)).map_err(se)? {

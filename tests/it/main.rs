@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod crash;
 mod custody;
+mod demo;
 mod faults;
 mod ingest;
 mod losses;

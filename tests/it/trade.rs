@@ -243,6 +243,22 @@ async fn the_two_way_check_finds_every_inequality_missing_counterpart_and_object
         .await;
 
     let mut a = t.audit().await;
+    // A licence is not a purchase permit: its movements are not shipments, and permit
+    // reconciliation says where to look instead of reporting empty draw-downs.
+    let e = a
+        .reconcile_permit(pb::ReconcilePermitRequest {
+            permit: Some(pb::reconcile_permit_request::Permit::PermitNo("EL-1".into())),
+            as_of_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("EL-1 is an import or export licence")
+            && e.message().contains("ReconcileImportExport"),
+        "{}",
+        e.message()
+    );
     // The export licence, judged 100 days on (past the 30-day clearance and 90-day
     // endorsement deadlines).
     let r = a
