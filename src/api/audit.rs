@@ -37,6 +37,75 @@ fn hide_absence(access: &Access, field: &str, what: &str, s: Status) -> Status {
 }
 
 impl AuditService {
+    /// A balance as the wire has it, every entry it rests on cited (origin, index, leaf hash).
+    fn balance_pb(
+        &self,
+        b: &balance::Balance,
+        r: pb::MassBalanceRequest,
+        ledger_size: u64,
+    ) -> Result<pb::MassBalanceResponse, Status> {
+        let cited: Vec<u64> = b
+            .postings
+            .iter()
+            .flat_map(|p| [Some(p.entry), p.shipment, p.corrects])
+            .flatten()
+            .chain(b.count.as_ref().map(|c| c.entry))
+            .collect();
+        let refs = Refs::new(&self.ledger, &cited);
+        let mut postings = Vec::with_capacity(b.postings.len());
+        for p in &b.postings {
+            postings.push(pb::BalancePosting {
+                entry: Some(refs.get(p.entry)?),
+                at_ms: p.at_ms,
+                lot: p.lot.clone(),
+                term: term_pb(p.term) as i32,
+                quantity: sint(p.quantity)?,
+                // A shipment's own row is the Ship entry: cite it once.
+                shipment: p
+                    .shipment
+                    .filter(|&i| i != p.entry)
+                    .map(|i| refs.get(i))
+                    .transpose()?,
+                corrects: p.corrects.map(|i| refs.get(i)).transpose()?,
+            });
+        }
+        let count = match &b.count {
+            Some(c) => Some(pb::CountFigure {
+                entry: Some(refs.get(c.entry)?),
+                at_ms: c.at_ms,
+                counted: c.counted,
+                book: c.book,
+                variance: sint(c.variance)?,
+                inspector: c.inspector,
+            }),
+            None => None,
+        };
+        let terms = b
+            .terms
+            .iter()
+            .map(|(t, q)| {
+                Ok(pb::TermFigure {
+                    term: term_pb(*t) as i32,
+                    quantity: sint(*q)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(pb::MassBalanceResponse {
+            unit: self.unit(&r.substance),
+            query: Some(r),
+            opening: b.opening,
+            terms,
+            expected_closing: b.expected_closing,
+            count,
+            after_count: sint(b.after_count)?,
+            tolerance: b.tolerance,
+            status: balance_status(b.status) as i32,
+            postings,
+            truncated: b.truncated,
+            ledger_size,
+        })
+    }
+
     pub fn new(ledger: Ledger, cfg: AuditConfig, gate: std::sync::Arc<Gate>) -> Self {
         AuditService { ledger, cfg, gate }
     }
@@ -381,66 +450,7 @@ impl pb::audit_server::Audit for AuditService {
             limit: r.limit as usize,
         };
         let (b, ledger_size) = self.on_snapshot(|snap| balance::balance(snap, &self.cfg, q))?;
-        let cited: Vec<u64> = b
-            .postings
-            .iter()
-            .flat_map(|p| [Some(p.entry), p.shipment, p.corrects])
-            .flatten()
-            .chain(b.count.as_ref().map(|c| c.entry))
-            .collect();
-        let refs = Refs::new(&self.ledger, &cited);
-        let mut postings = Vec::with_capacity(b.postings.len());
-        for p in &b.postings {
-            postings.push(pb::BalancePosting {
-                entry: Some(refs.get(p.entry)?),
-                at_ms: p.at_ms,
-                lot: p.lot.clone(),
-                term: term_pb(p.term) as i32,
-                quantity: sint(p.quantity)?,
-                // A shipment's own row is the Ship entry: cite it once.
-                shipment: p
-                    .shipment
-                    .filter(|&i| i != p.entry)
-                    .map(|i| refs.get(i))
-                    .transpose()?,
-                corrects: p.corrects.map(|i| refs.get(i)).transpose()?,
-            });
-        }
-        let count = match &b.count {
-            Some(c) => Some(pb::CountFigure {
-                entry: Some(refs.get(c.entry)?),
-                at_ms: c.at_ms,
-                counted: c.counted,
-                book: c.book,
-                variance: sint(c.variance)?,
-                inspector: c.inspector,
-            }),
-            None => None,
-        };
-        let terms = b
-            .terms
-            .iter()
-            .map(|(t, q)| {
-                Ok(pb::TermFigure {
-                    term: term_pb(*t) as i32,
-                    quantity: sint(*q)?,
-                })
-            })
-            .collect::<Result<Vec<_>, Status>>()?;
-        Ok(Response::new(pb::MassBalanceResponse {
-            unit: self.unit(&r.substance),
-            query: Some(r),
-            opening: b.opening,
-            terms,
-            expected_closing: b.expected_closing,
-            count,
-            after_count: sint(b.after_count)?,
-            tolerance: b.tolerance,
-            status: balance_status(b.status) as i32,
-            postings,
-            truncated: b.truncated,
-            ledger_size,
-        }))
+        Ok(Response::new(self.balance_pb(&b, r, ledger_size)?))
     }
 
     async fn trace_lot(

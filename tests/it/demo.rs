@@ -193,3 +193,48 @@ fn screenshot(page: &Path) {
         "no custody picture drawn ({red} red pixels of {total})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taizhang_report_writes_the_html_for_a_jurisdiction_in_the_keys_scope() {
+    use crate::common::{key_file, regulator_key, scenario, Server};
+    let s = Server::start().await;
+    scenario(&s).await;
+    let out = tempfile::tempdir().unwrap();
+    let report = |j: &str, key: std::path::PathBuf| {
+        tokio::process::Command::new(bin())
+            .args(["report", "--server", &s.url, "--jurisdiction", j, "--out"])
+            .arg(out.path())
+            .env("TAIZHANG_QUERY_KEY", key)
+            .env("TAIZHANG_LOG", "warn")
+            .output()
+    };
+    // The scenario's regulator covers 44; its one loss is a receipt 1 g short.
+    let o = report("44", key_file(&regulator_key())).await.unwrap();
+    let t = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("report for 44:") && t.contains("(1 losses"),
+        "{t}"
+    );
+    let html = std::fs::read_to_string(out.path().join("index.html")).unwrap();
+    assert!(html.contains("in transit gap"), "no loss row");
+    assert!(html.contains("<svg"), "no custody picture");
+    assert!(html.contains("LOT-A"), "the lot is not named");
+    assert!(!html.contains("BALANCE_STATUS_") && html.contains("balanced"));
+    // A jurisdiction outside the key's scope is refused, and nothing is written.
+    std::fs::remove_file(out.path().join("index.html")).unwrap();
+    let o = report("11", key_file(&regulator_key())).await.unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("PermissionDenied"),
+        "{o:?}"
+    );
+    assert!(!out.path().join("index.html").exists());
+    // A malformed jurisdiction is a usage error naming the flag.
+    let o = report("44x", key_file(&regulator_key())).await.unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--jurisdiction"),
+        "{o:?}"
+    );
+}

@@ -247,7 +247,9 @@ async fn the_two_way_check_finds_every_inequality_missing_counterpart_and_object
     // reconciliation says where to look instead of reporting empty draw-downs.
     let e = a
         .reconcile_permit(pb::ReconcilePermitRequest {
-            permit: Some(pb::reconcile_permit_request::Permit::PermitNo("EL-1".into())),
+            permit: Some(pb::reconcile_permit_request::Permit::PermitNo(
+                "EL-1".into(),
+            )),
             as_of_ms: 0,
         })
         .await
