@@ -128,6 +128,22 @@ pub enum AuditCmd {
     },
     /// Sites to inspect (抽查): a risk-weighted sample drawn from a checkpoint's root, which
     /// anyone can recompute from an export (`taizhang verify spot-check`).
+    /// An enterprise's annual precursor report (due 31 March): the year's mass balance of each
+    /// site × substance, every posting citing its entry.
+    Annual {
+        #[arg(long)]
+        enterprise: String,
+        /// Calendar year (China Standard Time).
+        #[arg(long)]
+        year: u32,
+        /// Write the report as CSV (UTF-8): a `total` row per figure, an `entry` row per posting.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        json: bool,
+    },
     SpotCheck {
         /// Division code prefix to draw from.
         #[arg(long, default_value = "")]
@@ -406,6 +422,34 @@ pub async fn run(cmd: AuditCmd, key: Querier) -> Result<ExitCode> {
             }
             show(json, &r, sales_text)
         }
+        AuditCmd::Annual {
+            enterprise,
+            year,
+            out,
+            server,
+            json,
+        } => {
+            let r = client(&server, &key)
+                .await?
+                .annual_report(pb::AnnualReportRequest {
+                    enterprise,
+                    year,
+                    limit: 0,
+                })
+                .await
+                .map_err(|s| anyhow!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if let Some(path) = out {
+                write_annual_csv(&path, &r)?;
+                eprintln!(
+                    "{} lines ({} postings) written to {}",
+                    r.lines.len(),
+                    r.lines.iter().map(|l| l.postings.len()).sum::<usize>(),
+                    path.display()
+                );
+            }
+            show(json, &r, annual_text)
+        }
         AuditCmd::SpotCheck {
             jurisdiction,
             sample,
@@ -496,6 +540,172 @@ pub fn write_sales_csv(path: &std::path::Path, r: &pb::SalesReportResponse) -> R
 }
 
 /// The sales report as a table.
+fn term_label(t: i32) -> String {
+    enum_name(
+        pb::BalanceTerm::try_from(t).map_or("", |t| t.as_str_name()),
+        "BALANCE_TERM_",
+    )
+}
+
+/// One CSV for the annual report: per line, `total` rows (opening, each term, closing, the
+/// count and its variance), then an `entry` row for each posting behind the terms.
+pub fn write_annual_csv(path: &std::path::Path, r: &pb::AnnualReportResponse) -> Result<()> {
+    let mut w = csv::Writer::from_path(path).with_context(|| format!("{}", path.display()))?;
+    w.write_record([
+        "row",
+        "enterprise",
+        "year",
+        "site",
+        "substance",
+        "category",
+        "unit",
+        "figure",
+        "quantity",
+        "at_utc",
+        "lot",
+        "entry_index",
+        "leaf_hash",
+    ])?;
+    let cat = taizhang::model::Catalogue::embedded();
+    for l in &r.lines {
+        let q = l.query.clone().unwrap_or_default();
+        let category = cat
+            .get(&q.substance)
+            .map_or(String::new(), |s| category_name(s.category as i32));
+        let unit = unit_name(l.unit).to_string();
+        let mut row = |kind: &str,
+                       figure: String,
+                       quantity: String,
+                       at: u64,
+                       lot: &str,
+                       e: Option<&pb::EntryRef>| {
+            w.write_record([
+                kind.to_string(),
+                r.enterprise.clone(),
+                r.year.to_string(),
+                q.site.clone(),
+                q.substance.clone(),
+                category.clone(),
+                unit.clone(),
+                figure,
+                quantity,
+                if at == 0 { String::new() } else { when(at) },
+                lot.to_string(),
+                e.map_or(String::new(), |e| e.index.to_string()),
+                e.map_or(String::new(), |e| hex::encode(&e.leaf_hash)),
+            ])
+        };
+        row(
+            "total",
+            "opening".into(),
+            l.opening.to_string(),
+            r.from_ms,
+            "",
+            None,
+        )?;
+        for t in &l.terms {
+            row(
+                "total",
+                term_label(t.term),
+                t.quantity.to_string(),
+                0,
+                "",
+                None,
+            )?;
+        }
+        row(
+            "total",
+            "closing".into(),
+            l.expected_closing.to_string(),
+            r.to_ms,
+            "",
+            None,
+        )?;
+        if let Some(c) = &l.count {
+            row(
+                "total",
+                "last count".into(),
+                c.counted.to_string(),
+                c.at_ms,
+                "",
+                c.entry.as_ref(),
+            )?;
+            row(
+                "total",
+                "variance".into(),
+                c.variance.to_string(),
+                c.at_ms,
+                "",
+                c.entry.as_ref(),
+            )?;
+        }
+        for p in &l.postings {
+            row(
+                "entry",
+                term_label(p.term),
+                p.quantity.to_string(),
+                p.at_ms,
+                &p.lot,
+                p.entry.as_ref(),
+            )?;
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+pub fn annual_text(r: &pb::AnnualReportResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Annual report 年度报告 {} — {} {}: {} stocks, due {}{}",
+        r.year,
+        r.enterprise,
+        r.name,
+        r.lines.len(),
+        when(r.due_ms),
+        if r.excluded > 0 {
+            format!(
+                " ({} controlled-drug stocks reported elsewhere)",
+                r.excluded
+            )
+        } else {
+            String::new()
+        }
+    );
+    for l in &r.lines {
+        let q = l.query.clone().unwrap_or_default();
+        let terms: Vec<String> = l
+            .terms
+            .iter()
+            .filter(|t| t.quantity != 0)
+            .map(|t| format!("{} {}", term_label(t.term), signed(t.quantity)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  {} {}: opening {}, {}, closing {} {}{}  ({} postings cited)",
+            q.site,
+            q.substance,
+            thousands(l.opening),
+            if terms.is_empty() {
+                "no movement".to_string()
+            } else {
+                terms.join(", ")
+            },
+            thousands(l.expected_closing),
+            unit_name(l.unit),
+            l.count.as_ref().map_or(String::new(), |c| format!(
+                "; last count {} (variance {})",
+                thousands(c.counted),
+                signed(c.variance)
+            )),
+            l.postings.len()
+        );
+    }
+    o
+}
+
 pub fn sales_text(r: &pb::SalesReportResponse) -> String {
     use std::fmt::Write;
     let mut o = String::new();

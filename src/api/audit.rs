@@ -1000,6 +1000,69 @@ impl pb::audit_server::Audit for AuditService {
         }))
     }
 
+    async fn annual_report(
+        &self,
+        req: Request<pb::AnnualReportRequest>,
+    ) -> Result<Response<pb::AnnualReportResponse>, Status> {
+        let access = self.caller(&req, "AnnualReport")?.access;
+        let r = req.into_inner();
+        required("enterprise", &r.enterprise)?;
+        self.require_enterprise(&access, "enterprise", &r.enterprise)?;
+        let (from_ms, to_ms, due_ms) =
+            crate::audit::reports::annual_period(r.year).map_err(status)?;
+        let limit = match r.limit {
+            0 => 10_000,
+            n if n > 10_000 => return Err(Status::invalid_argument("limit: at most 10000")),
+            n => n,
+        };
+        let catalogue = self.ledger.catalogue();
+        // One snapshot for every line, so the report is of one ledger state.
+        let ((stocks, balances), ledger_size) = self.on_snapshot(|snap| {
+            let stocks = crate::audit::reports::annual_stocks(snap, catalogue, &r.enterprise)?;
+            let mut out = Vec::new();
+            for (site, substance) in &stocks.stocks {
+                let q = balance::Query {
+                    enterprise: r.enterprise.clone(),
+                    site: site.clone(),
+                    substance: substance.clone(),
+                    lot: None,
+                    from_ms,
+                    to_ms,
+                    limit: limit as usize,
+                };
+                let b = balance::balance(snap, &self.cfg, q)?;
+                if b.opening > 0 || b.terms.iter().any(|(_, q)| *q != 0) || b.count.is_some() {
+                    out.push(b);
+                }
+            }
+            Ok((stocks, out))
+        })?;
+        let mut lines = Vec::with_capacity(balances.len());
+        for b in &balances {
+            let q = pb::MassBalanceRequest {
+                enterprise: r.enterprise.clone(),
+                site: b.query.site.clone(),
+                substance: b.query.substance.clone(),
+                lot: String::new(),
+                from_ms,
+                to_ms,
+                limit,
+            };
+            lines.push(self.balance_pb(b, q, ledger_size)?);
+        }
+        Ok(Response::new(pb::AnnualReportResponse {
+            enterprise: r.enterprise,
+            name: stocks.name,
+            year: r.year,
+            from_ms,
+            to_ms,
+            due_ms,
+            lines,
+            excluded: stocks.excluded as u32,
+            ledger_size,
+        }))
+    }
+
     async fn list_permits(
         &self,
         req: Request<pb::ListPermitsRequest>,
