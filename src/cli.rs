@@ -556,7 +556,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Reindex { ledger } => {
             let cfg = ledger_config(&ledger)?;
-            let report = ledger::reindex(cfg).map_err(|e| anyhow!("{e}"))?;
+            let done = std::sync::atomic::AtomicU64::new(0);
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} reindexing: {msg} entries replayed ({elapsed})",
+                )
+                .map_err(|e| anyhow!("{e}"))?,
+            );
+            let report = std::thread::scope(|s| {
+                let work = s.spawn(|| ledger::reindex_with_progress(cfg, &done));
+                while !work.is_finished() {
+                    bar.set_message(done.load(std::sync::atomic::Ordering::Relaxed).to_string());
+                    bar.tick();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                work.join()
+            })
+            .map_err(|_| anyhow!("reindex panicked"))?;
+            bar.finish_and_clear();
+            let report = report.map_err(|e| anyhow!("{e}"))?;
             println!("reindexed {} entries", report.entries);
             Ok(ExitCode::SUCCESS)
         }
@@ -1298,7 +1317,11 @@ pub(crate) async fn export(
         .into_inner();
     let mut data = Vec::new();
     let mut n = 0u64;
+    let bar = progress_bar(cp.size, "exporting");
     while let Some(e) = stream.message().await? {
+        if n.is_multiple_of(1024) {
+            bar.set_position(n);
+        }
         if e.index != n {
             bail!("server sent entry {} where {n} was expected", e.index);
         }
@@ -1315,6 +1338,7 @@ pub(crate) async fn export(
         ));
         n += 1;
     }
+    bar.finish_and_clear();
     std::fs::write(out, &data)?;
     std::fs::write(checkpoint, &cp.note)?;
     println!(
@@ -1436,6 +1460,18 @@ async fn fetch_checkpoint(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix:>10} [{bar:30}] {pos}/{len} entries ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(what.to_string());
+    bar
 }
 
 pub(crate) fn credit_code(first17: &str) -> String {

@@ -849,11 +849,17 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
         dir.join("witnessed.note").display(),
         witnessed.note
     );
+    let pubkey = dir.join("ledger.pub");
+    std::fs::write(&pubkey, include_str!("../keys/dev-ledger.pub"))?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "taizhang".into());
     println!("verify it yourself, with no server:");
     println!(
-        "  taizhang verify export {} --checkpoint {} --ledger-key keys/dev-ledger.pub {}",
+        "  {exe} verify export {} --checkpoint {} --ledger-key {} {}",
         out.display(),
         dir.join("witnessed.note").display(),
+        pubkey.display(),
         witness_vkeys
             .iter()
             .map(|v| format!("--witness {v}"))

@@ -231,6 +231,25 @@ pub fn verify_export_with(
     policy: Option<&crate::witness::Policy>,
     trusted: Option<&str>,
 ) -> Result<ExportReport, VerifyError> {
+    verify_export_progress(
+        data,
+        checkpoint_note,
+        ledger_key,
+        policy,
+        trusted,
+        &mut |_| {},
+    )
+}
+
+/// As [`verify_export_with`], telling `progress` how many entries are checked, every 1,024.
+pub fn verify_export_progress(
+    data: &[u8],
+    checkpoint_note: &str,
+    ledger_key: &VerifyingKey,
+    policy: Option<&crate::witness::Policy>,
+    trusted: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ExportReport, VerifyError> {
     let cp = verify_checkpoint(checkpoint_note, ledger_key, policy, None)?.checkpoint;
     let old = trusted
         .map(|t| {
@@ -262,6 +281,9 @@ pub fn verify_export_with(
             .map_err(|w| format!("entry {index}: {w}"))?;
         sigs += 1 + leaf.cosignatures.len() as u64;
         tree.push(hash);
+        if tree.size().is_multiple_of(1024) {
+            progress(tree.size());
+        }
         if tree.size() == cp.size {
             root_at_cp = Some(tree.root());
         }

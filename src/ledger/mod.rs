@@ -30,6 +30,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Code, Refusal};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 use views::{key, EntryView, GenesisView, Head, KeyInfo, Views, META_GENESIS, META_POSITION};
@@ -312,10 +313,14 @@ impl Ledger {
             Refusal::unavailable(format!("data dir {}: {e}", cfg.data_dir.display()))
         })?;
         let lock = lock_data_dir(&cfg.data_dir)?;
-        Self::open_locked(cfg, lock)
+        Self::open_locked(cfg, lock, None)
     }
 
-    fn open_locked(cfg: Config, lock: std::fs::File) -> Result<(Ledger, OpenReport), Refusal> {
+    fn open_locked(
+        cfg: Config,
+        lock: std::fs::File,
+        progress: Option<&AtomicU64>,
+    ) -> Result<(Ledger, OpenReport), Refusal> {
         let evidence_dir = cfg.data_dir.join("evidence");
         std::fs::create_dir_all(&evidence_dir)
             .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
@@ -337,7 +342,7 @@ impl Ledger {
         // The writer's view changes land in memory and reach sled in the background.
         let views: Arc<dyn ViewStore + Sync> =
             Arc::new(WriteBack::new(sled, FlushPolicy::default()));
-        Self::open_inner(cfg, views, report, Some(lock))
+        Self::open_inner(cfg, views, report, Some(lock), progress)
     }
 
     /// Opens with a given view store (tests use the in-memory one).
@@ -347,7 +352,7 @@ impl Ledger {
         report: OpenReport,
     ) -> Result<(Ledger, OpenReport), Refusal> {
         let lock = lock_data_dir(&cfg.data_dir)?;
-        Self::open_inner(cfg, views, report, Some(lock))
+        Self::open_inner(cfg, views, report, Some(lock), None)
     }
 
     fn open_inner(
@@ -355,6 +360,7 @@ impl Ledger {
         views: Arc<dyn ViewStore + Sync>,
         mut report: OpenReport,
         lock: Option<std::fs::File>,
+        progress: Option<&AtomicU64>,
     ) -> Result<(Ledger, OpenReport), Refusal> {
         let log_dir = cfg.data_dir.join("log");
         // Where do the views stand?
@@ -429,6 +435,7 @@ impl Ledger {
             locations: &mut locations,
             last_time_ms: &mut last_time_ms,
             replayed: 0,
+            progress,
         };
         if from.entries > 0 {
             // Last integrated time, for monotonic time.
@@ -1055,6 +1062,8 @@ struct Replay<'a> {
     locations: &'a mut Vec<Location>,
     last_time_ms: &'a mut u64,
     replayed: u64,
+    /// Entries replayed so far, for a progress display (updated every 1,024).
+    progress: Option<&'a AtomicU64>,
 }
 
 impl Replay<'_> {
@@ -1136,6 +1145,9 @@ impl Replay<'_> {
         self.locations.push(location);
         *self.last_time_ms = leaf.integrated_time_ms;
         self.replayed += 1;
+        if let Some(p) = self.progress.filter(|_| self.replayed.is_multiple_of(1024)) {
+            p.store(self.replayed, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.replayed.is_multiple_of(10_000) {
             let pos = Position {
                 entries: index + 1,
@@ -2141,6 +2153,11 @@ fn decode_evidence(bytes: &[u8]) -> Option<Equivocation> {
 
 /// Rebuilds the views of a data dir from its log (the server must not be running).
 pub fn reindex(cfg: Config) -> Result<OpenReport, Refusal> {
+    reindex_with_progress(cfg, &AtomicU64::new(0))
+}
+
+/// As [`reindex`], counting the entries replayed into `progress` as it goes.
+pub fn reindex_with_progress(cfg: Config, progress: &AtomicU64) -> Result<OpenReport, Refusal> {
     // The lock first: a running server keeps it, and its views must not be touched.
     let lock = lock_data_dir(&cfg.data_dir)?;
     let views_dir = cfg.data_dir.join("views");
@@ -2148,7 +2165,7 @@ pub fn reindex(cfg: Config) -> Result<OpenReport, Refusal> {
         std::fs::remove_dir_all(&views_dir)
             .map_err(|e| Refusal::unavailable(format!("removing {}: {e}", views_dir.display())))?;
     }
-    let (ledger, mut report) = Ledger::open_locked(cfg, lock)?;
+    let (ledger, mut report) = Ledger::open_locked(cfg, lock, Some(progress))?;
     report.views_rebuilt = true;
     ledger.shared.views.flush()?;
     Ok(report)
