@@ -101,6 +101,19 @@ enum Cmd {
         #[arg(long, global = true, env = "TAIZHANG_TLS_CA")]
         tls_ca: Option<PathBuf>,
     },
+    /// GS1 EPCIS 2.0 (JSON-LD): export movements as events, or sign and submit a document's
+    /// events as records.
+    Epcis {
+        #[command(subcommand)]
+        what: crate::cli_epcis::EpcisCmd,
+        /// Secret key file: the queries are signed with it, and `import` signs the records
+        /// with it (an enterprise key). Default: the development root regulator.
+        #[arg(long, global = true, env = "TAIZHANG_QUERY_KEY")]
+        key: Option<PathBuf>,
+        /// PEM certificate to trust for an `https://` server (its CA, or its own).
+        #[arg(long, global = true, env = "TAIZHANG_TLS_CA")]
+        tls_ca: Option<PathBuf>,
+    },
     /// Rebuild the derived views of a data dir from its log (server stopped).
     Reindex {
         #[command(flatten)]
@@ -672,6 +685,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 proof_out.as_deref(),
             ))
         }
+        Cmd::Epcis { what, key, tls_ca } => {
+            let q = Querier {
+                key: query_key(key.as_deref())?,
+                tls_ca: read_ca(tls_ca.as_deref())?,
+            };
+            runtime()?.block_on(crate::cli_epcis::run(what, q))
+        }
         Cmd::Audit { what, key, tls_ca } => {
             let q = Querier {
                 key: query_key(key.as_deref())?,
@@ -688,7 +708,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn read_secret(path: &Path) -> Result<SigningKey> {
+pub(crate) fn read_secret(path: &Path) -> Result<SigningKey> {
     let t = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     crypto::parse_secret_key_text(&t).with_context(|| format!("{}", path.display()))
 }
@@ -927,7 +947,7 @@ pub(crate) async fn connect(server: &str, q: &Querier) -> Result<LedgerClient<Si
         .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES))
 }
 
-async fn signer_for(
+pub(crate) async fn signer_for(
     client: &mut LedgerClient<SignedChannel>,
     key: SigningKey,
 ) -> Result<RecordSigner> {

@@ -7,6 +7,7 @@ use crate::pb::{self, record_body::Payload};
 use ed25519_dalek::SigningKey;
 
 /// A signing key with its chain position on one ledger.
+#[derive(Clone)]
 pub struct RecordSigner {
     key: SigningKey,
     id: KeyId,

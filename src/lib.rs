@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod codec;
 pub mod crypto;
+pub mod epcis;
 pub mod ledger;
 pub mod merkle;
 pub mod model;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_audit;
+mod cli_epcis;
 mod demo;
 mod report;
 

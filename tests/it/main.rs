@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod custody;
 mod demo;
+mod epcis;
 mod faults;
 mod ingest;
 mod losses;
