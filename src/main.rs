@@ -16,6 +16,16 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // For the docs' test (tests/it/docs.rs): check that a command line parses, run nothing.
+    if std::env::var_os("TAIZHANG_PARSE_ONLY").is_some() {
+        return match cli::Cli::try_parse() {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = e.print();
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let args = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAIZHANG_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())

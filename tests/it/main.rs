@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod custody;
 mod demo;
+mod docs;
 mod epcis;
 mod faults;
 mod ingest;
