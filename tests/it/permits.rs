@@ -859,8 +859,23 @@ async fn purchase_row(k: &Kind) {
                 ],
             )
             .await;
-            let sm = h.summary("IMP-B").await;
+            // A licence's figures come from the two-way check (permit reconciliation points there).
+            let sm = h
+                .audit
+                .reconcile_import_export(pb::ReconcileImportExportRequest {
+                    licence: Some(pb::reconcile_import_export_request::Licence::PermitNo(
+                        "IMP-B".into(),
+                    )),
+                    as_of_ms: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .licence
+                .unwrap();
             assert_eq!(figures(&sm), (St::Active, 0, 0, 1_000_000, 0, 0));
+            let e = h.reconcile(by_no("IMP-B"), 0).await.unwrap_err();
+            assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
         }
     }
 }
