@@ -59,7 +59,7 @@ fn taizhang_args(line: &str) -> Option<Vec<String>> {
     // Up to the first pipe, redirection or list operator; without leading VAR=value.
     let words: Vec<String> = words
         .into_iter()
-        .take_while(|w| !matches!(w.as_str(), "|" | "&&" | ";" | "||") && !w.starts_with('>'))
+        .take_while(|w| !matches!(w.as_str(), "|" | "&" | "&&" | ";" | "||") && !w.starts_with('>'))
         .skip_while(|w| w.contains('=') && w.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
         .collect();
     let first = words.first()?;
@@ -156,4 +156,74 @@ fn the_extraction_sees_what_a_reader_sees() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The README's tour, run as a reader runs it (with this build's binary as `$B`).
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let block = readme
+        .split("<!-- tour: tests/it/docs.rs runs this block -->")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has its tour block");
+    // A failing step must not leave the server holding the output pipes open.
+    let mut script =
+        String::from("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n");
+    for line in block.lines() {
+        match line.trim() {
+            // Built already: this test runs against the binary under test.
+            "cargo build --release" => {}
+            l if l.starts_with("B=") => script.push_str(&format!("B='{}'\n", bin().display())),
+            _ => {
+                script.push_str(line);
+                script.push('\n');
+            }
+        }
+    }
+    // As from the repository's root (the development keys in keys/), without writing there.
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("keys"),
+        dir.path().join("keys"),
+    )
+    .unwrap();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env_remove("TAIZHANG_QUERY_KEY")
+        .env("TAIZHANG_LOG", "error")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "the tour failed:\n{script}\n--- stdout\n{out}\n--- stderr\n{err}"
+    );
+    for want in [
+        "count shortfall",
+        "in transit gap",
+        "not received",
+        "reported theft",
+        "粤药购-2026-0041",
+        "QUANTITY_GAP",
+        "ENDORSEMENT_MISMATCH",
+        "SHORTFALL",
+        "report for 4403:",
+        "ok: ",
+    ] {
+        assert!(
+            out.contains(want),
+            "the tour's output lacks `{want}`:\n{out}\n{err}"
+        );
+    }
+    assert!(dir.path().join("eph-10.svg").exists());
+    assert!(dir.path().join("report/index.html").exists());
+    let city = std::fs::read_to_string(dir.path().join("city.txt")).unwrap();
+    assert!(city.contains("nothing else"), "{city}");
 }
