@@ -845,7 +845,9 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
         hex::encode(report.root)
     );
     println!(
-        "\nwitnessed checkpoint ({}):\n{}",
+        "\nledger size {} entries ({records} records submitted over gRPC, and genesis); \
+         the checkpoint both witnesses cosigned ({}):\n{}",
+        report.entries,
         dir.join("witnessed.note").display(),
         witnessed.note
     );
@@ -1172,11 +1174,11 @@ async fn day(city: &mut City, d: u32, days: u32) -> Result<()> {
     }
     // Use.
     for (i, u) in users.iter().enumerate() {
-        for b in 0..5 {
+        for b in 0..6 {
             city.consume(
                 u,
                 ACE,
-                (30 + 5 * i as u64) * KG,
+                (12 + 2 * i as u64) * KG,
                 format!("工单 WO-{d:02}{b}"),
             )
             .await?;
@@ -1184,7 +1186,7 @@ async fn day(city: &mut City, d: u32, days: u32) -> Result<()> {
     }
     for u in ["U1", "U3"] {
         for b in 0..2 {
-            city.consume(u, TOL, 120 * KG, format!("工单 WO-T{d:02}{b}"))
+            city.consume(u, TOL, 70 * KG, format!("工单 WO-T{d:02}{b}"))
                 .await?;
         }
     }
@@ -1194,11 +1196,11 @@ async fn day(city: &mut City, d: u32, days: u32) -> Result<()> {
         city.consume("M", EPH, 1_500 * G, format!("片剂批 TAB-{d:02}{b}"))
             .await?;
     }
-    for (h, n) in [("H1", 12), ("H2", 10)] {
+    for (h, n) in [("H1", 16), ("H2", 12)] {
         for rx in 0..n {
-            city.consume(h, MOR, 1_200, format!("处方 RX-{h}-{d:02}{rx:02}"))
+            city.consume(h, MOR, 900, format!("处方 RX-{h}-{d:02}{rx:02}"))
                 .await?;
-            city.consume(h, DZP, 2 * G, format!("处方 RX-{h}-D{d:02}{rx:02}"))
+            city.consume(h, DZP, 1_500, format!("处方 RX-{h}-D{d:02}{rx:02}"))
                 .await?;
         }
     }
