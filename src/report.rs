@@ -30,8 +30,6 @@ struct Book {
     key_name: BTreeMap<KeyId, String>,
     /// (enterprise, site, substance) counted at least once.
     counted: BTreeSet<(String, String, String)>,
-    /// index → (leaf hash, kind, who signed).
-    entries: BTreeMap<u64, (Vec<u8>, &'static str, String)>,
 }
 
 fn kind(p: &Payload) -> &'static str {
@@ -62,23 +60,34 @@ fn kind(p: &Payload) -> &'static str {
     }
 }
 
+fn decode(index: u64, leaf: &[u8]) -> Result<(KeyId, Option<Payload>)> {
+    let leaf = taizhang::codec::Leaf::decode(leaf).map_err(|e| anyhow!("entry {index}: {e}"))?;
+    let body =
+        taizhang::codec::decode_body(&leaf.body).map_err(|e| anyhow!("entry {index}: {e}"))?;
+    let signer = KeyId(body.signer.as_slice().try_into().unwrap_or([0; 16]));
+    Ok((signer, body.payload))
+}
+
 impl Book {
-    fn add(&mut self, index: u64, leaf_hash: Vec<u8>, leaf: &[u8]) -> Result<()> {
-        let leaf =
-            taizhang::codec::Leaf::decode(leaf).map_err(|e| anyhow!("entry {index}: {e}"))?;
-        let body =
-            taizhang::codec::decode_body(&leaf.body).map_err(|e| anyhow!("entry {index}: {e}"))?;
-        let Some(p) = body.payload else {
-            return Ok(());
-        };
-        let signer = KeyId(body.signer.as_slice().try_into().unwrap_or([0; 16]));
+    /// An entry's kind and who signed it, for the appendix.
+    fn describe(&self, index: u64, leaf: &[u8]) -> Result<(&'static str, String)> {
+        let (signer, p) = decode(index, leaf)?;
         let who = self
             .key_enterprise
             .get(&signer)
             .and_then(|c| self.names.get(c).cloned())
             .or_else(|| self.key_name.get(&signer).cloned())
             .unwrap_or_else(|| format!("key {signer}"));
-        self.entries.insert(index, (leaf_hash, kind(&p), who));
+        Ok((p.as_ref().map_or("record", kind), who))
+    }
+
+    /// Learns names, keys and counted holdings from one entry (nothing per entry is kept, so
+    /// the scan's memory does not grow with the ledger).
+    fn add(&mut self, index: u64, leaf: &[u8]) -> Result<()> {
+        let (signer, p) = decode(index, leaf)?;
+        let Some(p) = p else {
+            return Ok(());
+        };
         match p {
             Payload::EnrolEnterprise(e) => {
                 self.names.insert(e.credit_code, e.name);
@@ -225,7 +234,7 @@ pub async fn write(server: &str, q: &Querier, jurisdiction: &str, out: &Path) ->
         .into_inner();
     while let Some(e) = stream.message().await.map_err(st("export"))? {
         if !e.redacted {
-            book.add(e.index, e.leaf_hash, &e.leaf)?;
+            book.add(e.index, &e.leaf)?;
         }
     }
     let mut cited = BTreeSet::new();
@@ -529,14 +538,23 @@ pub async fn write(server: &str, q: &Querier, jurisdiction: &str, out: &Path) ->
     let mut app = String::new();
     writeln!(app, "<h2 id=\"entries\">证据条目 · Entries cited</h2><p>每一条都可以用 <code>taizhang verify</code> 对照检查点离线核验 · each can be checked offline against the checkpoint with <code>taizhang verify</code>.</p>")?;
     writeln!(app, "<table><tr><th>序号 index</th><th>叶哈希 leaf hash (BLAKE3)</th><th>类型 kind</th><th>签署 signed by</th></tr>")?;
-    for i in cited.iter() {
-        match book.entries.get(i) {
-            Some((hash, k, who)) => writeln!(
-                app,
-                "<tr id=\"e{i}\"><td class=\"n\">{i}</td><td><code>{}</code></td><td>{k}</td><td>{}</td></tr>",
-                hex::encode(hash),
-                esc(who)
-            )?,
+    for &i in cited.iter() {
+        let e = l
+            .get_entry(pb::GetEntryRequest { index: i })
+            .await
+            .ok()
+            .map(|e| e.into_inner())
+            .filter(|e| !e.redacted);
+        match e {
+            Some(e) => {
+                let (k, who) = book.describe(i, &e.leaf)?;
+                writeln!(
+                    app,
+                    "<tr id=\"e{i}\"><td class=\"n\">{i}</td><td><code>{}</code></td><td>{k}</td><td>{}</td></tr>",
+                    hex::encode(&e.leaf_hash),
+                    esc(&who)
+                )?
+            }
             None => writeln!(
                 app,
                 "<tr id=\"e{i}\"><td class=\"n\">{i}</td><td colspan=\"3\">outside this key's scope</td></tr>"
