@@ -56,7 +56,11 @@ enum Cmd {
         /// Secret key file of the signer.
         #[arg(long)]
         key: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// PEM certificate to trust for an `https://` server (its CA, or its own).
         #[arg(long, env = "TAIZHANG_TLS_CA")]
@@ -72,7 +76,11 @@ enum Cmd {
     },
     /// Fetch the entries covered by the latest checkpoint, and the checkpoint, for offline audit.
     Export {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// Secret key file the query is signed with (an inspector or regulator key of national
         /// scope exports everything; other keys see only the entries they may read). Default:
@@ -143,7 +151,11 @@ enum Cmd {
     /// Fetch the latest (or latest witnessed) checkpoint, and a consistency proof from a
     /// previously trusted one, for offline verification.
     Checkpoint {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long, env = "TAIZHANG_TLS_CA")]
         tls_ca: Option<PathBuf>,
@@ -170,7 +182,11 @@ enum Cmd {
         /// Where the re-proven receipts go.
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long, env = "TAIZHANG_TLS_CA")]
         tls_ca: Option<PathBuf>,
@@ -190,7 +206,11 @@ enum Cmd {
     },
     /// Write the inspector's HTML report (self-contained, zh-CN / English) for a jurisdiction.
     Report {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// Directory to write `index.html` into.
         #[arg(long)]

@@ -13,7 +13,11 @@ pub enum AuditCmd {
     Permit {
         /// Permit number, or `entry:<index>` for the IssuePermit entry.
         id: String,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// Judge as of this moment (ms since the epoch) instead of now.
         #[arg(long)]
@@ -27,7 +31,11 @@ pub enum AuditCmd {
     Trade {
         /// Licence number, or `entry:<index>` for its IssuePermit entry.
         id: String,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         as_of_ms: Option<u64>,
@@ -50,7 +58,11 @@ pub enum AuditCmd {
         /// written_off); repeatable.
         #[arg(long = "state")]
         states: Vec<String>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         as_of_ms: Option<u64>,
@@ -80,7 +92,11 @@ pub enum AuditCmd {
         /// Rows listed behind the terms (at most 10000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
@@ -100,7 +116,11 @@ pub enum AuditCmd {
         /// Write the SVG flow diagram here.
         #[arg(long)]
         svg: Option<std::path::PathBuf>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
@@ -121,13 +141,15 @@ pub enum AuditCmd {
         to_ms: u64,
         #[arg(long)]
         as_of_ms: Option<u64>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
     },
-    /// Sites to inspect (抽查): a risk-weighted sample drawn from a checkpoint's root, which
-    /// anyone can recompute from an export (`taizhang verify spot-check`).
     /// An enterprise's annual precursor report (due 31 March): the year's mass balance of each
     /// site × substance, every posting citing its entry.
     Annual {
@@ -139,11 +161,17 @@ pub enum AuditCmd {
         /// Write the report as CSV (UTF-8): a `total` row per figure, an `entry` row per posting.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
     },
+    /// Sites to inspect (抽查): a risk-weighted sample drawn from a checkpoint's root, which
+    /// anyone can recompute from an export (`taizhang verify spot-check`).
     SpotCheck {
         /// Division code prefix to draw from.
         #[arg(long, default_value = "")]
@@ -154,7 +182,11 @@ pub enum AuditCmd {
         /// The checkpoint note to draw from (default: the latest witnessed).
         #[arg(long)]
         checkpoint: Option<std::path::PathBuf>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
@@ -172,7 +204,11 @@ pub enum AuditCmd {
         /// Write the report as CSV (UTF-8, one sale per row, with entry index and leaf hash).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         #[arg(long)]
         json: bool,
@@ -649,6 +685,17 @@ pub fn write_annual_csv(path: &std::path::Path, r: &pb::AnnualReportResponse) ->
                 p.entry.as_ref(),
             )?;
         }
+        if l.truncated {
+            // Said in the file itself: the list behind the totals is not complete.
+            row(
+                "truncated",
+                format!("only the first {} postings are listed", l.postings.len()),
+                String::new(),
+                0,
+                "",
+                None,
+            )?;
+        }
     }
     w.flush()?;
     Ok(())
@@ -684,7 +731,7 @@ pub fn annual_text(r: &pb::AnnualReportResponse) -> String {
             .collect();
         let _ = writeln!(
             o,
-            "  {} {}: opening {}, {}, closing {} {}{}  ({} postings cited)",
+            "  {} {}: opening {}, {}, closing {} {}{}  ({} postings cited{})",
             q.site,
             q.substance,
             thousands(l.opening),
@@ -700,7 +747,12 @@ pub fn annual_text(r: &pb::AnnualReportResponse) -> String {
                 thousands(c.counted),
                 signed(c.variance)
             )),
-            l.postings.len()
+            l.postings.len(),
+            if l.truncated {
+                "; TRUNCATED: there are more"
+            } else {
+                ""
+            }
         );
     }
     o

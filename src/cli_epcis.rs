@@ -18,7 +18,11 @@ use taizhang::pb::{self, record_body::Payload};
 pub enum EpcisCmd {
     /// Write the movements the key may read as an EPCIS 2.0 document (JSON-LD).
     Export {
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// First entry index (inclusive).
         #[arg(long, default_value_t = 0)]
@@ -32,7 +36,11 @@ pub enum EpcisCmd {
     /// Sign the events of an EPCIS 2.0 document with `--key` and submit them, in order.
     Import {
         file: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "TAIZHANG_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// A second person's key, co-signing every record (two-person control; an
         /// inspector's, for a destruction). Repeatable.
@@ -89,7 +97,7 @@ async fn export(
     let catalogue = Catalogue::embedded();
     let mut key_ent: HashMap<KeyId, String> = HashMap::new();
     let mut shipped: HashMap<u64, (String, String)> = HashMap::new();
-    let (mut events, mut other, mut hidden) = (Vec::new(), 0u64, 0u64);
+    let (mut events, mut other, mut hidden, mut unnamed) = (Vec::new(), 0u64, 0u64, 0u64);
     let bar = progress_bar(to, "exporting");
     while let Some(e) = stream.message().await? {
         if e.index.is_multiple_of(1024) {
@@ -122,7 +130,16 @@ async fn export(
         if e.index < from {
             continue;
         }
-        let enterprise = key_ent.get(&signer).cloned().unwrap_or_default();
+        // A movement's sites and parties are named by its signer's enterprise; when the key's
+        // registration is not readable here, the event is left out rather than written wrong.
+        let enterprise = match key_ent.get(&signer) {
+            Some(e) => e.clone(),
+            None if epcis_kind(&payload) => {
+                unnamed += 1;
+                continue;
+            }
+            None => String::new(),
+        };
         let ship_of = match &payload {
             Payload::Receive(r) => r.ship.as_ref().and_then(|s| shipped.get(&s.index)),
             _ => None,
@@ -146,15 +163,36 @@ async fn export(
     std::fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "{n} events written to {} (entries {from}..{to}; {other} are not movements{})",
+        "{n} events written to {} (entries {from}..{to}; {other} are not movements{}{})",
         out.display(),
         if hidden > 0 {
             format!(", {hidden} not readable by this key")
         } else {
             String::new()
+        },
+        if unnamed > 0 {
+            format!(", {unnamed} movements left out: their signer's registration is not readable by this key")
+        } else {
+            String::new()
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a payload becomes an event (a movement).
+fn epcis_kind(p: &Payload) -> bool {
+    matches!(
+        p,
+        Payload::Produce(_)
+            | Payload::Import(_)
+            | Payload::Ship(_)
+            | Payload::Receive(_)
+            | Payload::Export(_)
+            | Payload::StockTake(_)
+            | Payload::Consume(_)
+            | Payload::Destroy(_)
+            | Payload::LossReport(_)
+    )
 }
 
 async fn import(
@@ -175,7 +213,33 @@ async fn import(
         .await?
         .into_inner()
         .origin;
-    let mut audit = pb::audit_client::AuditClient::new(q.channel(server).await?);
+    // Each event's site must be the signing key's enterprise's (a dry run signs nothing, and
+    // may read a document of several enterprises).
+    let head = c
+        .get_signer_head(pb::GetSignerHeadRequest {
+            key_id: KeyId::of(&q.key.verifying_key()).0.to_vec(),
+        })
+        .await?
+        .into_inner();
+    if !dry_run && head.enterprise.is_empty() {
+        bail!(
+            "--key: key {} is not an enterprise key registered on this ledger",
+            KeyId::of(&q.key.verifying_key())
+        );
+    }
+    for (i, ev) in events.iter().enumerate() {
+        if !dry_run && ev.site_owner != head.enterprise {
+            bail!(
+                "{}: epcisBody.eventList[{i}].readPoint.id: names enterprise `{}`; key {} is registered to {}",
+                file.display(),
+                ev.site_owner,
+                KeyId::of(&q.key.verifying_key()),
+                head.enterprise
+            );
+        }
+    }
+    let mut audit = pb::audit_client::AuditClient::new(q.channel(server).await?)
+        .max_decoding_message_size(taizhang::api::MAX_MESSAGE_BYTES);
     // Resolve what the events cite: entries as given, permits by their numbers.
     for (i, ev) in events.iter_mut().enumerate() {
         for (slot, cited) in ev.cites.clone() {

@@ -647,9 +647,9 @@ fn official(key: &SigningKey, role: pb::Role, jurisdiction: &str, holder: &str) 
 }
 
 pub async fn run(opts: Opts) -> Result<ExitCode> {
-    if opts.days < 7 {
+    if !(7..=365).contains(&opts.days) {
         bail!(
-            "--days: at least 7 (a week between stock takes), got {}",
+            "--days: 7 (a week between stock takes) to 365, got {}",
             opts.days
         );
     }
@@ -780,7 +780,7 @@ pub async fn run(opts: Opts) -> Result<ExitCode> {
         },
     );
     let inspector = demo_key("inspector 4403");
-    setup(&mut city, &inspector, &witness_keys).await?;
+    setup(&mut city, &inspector, &witness_keys, days).await?;
     city.bar.inc(1);
     city.bar.set_prefix("playing");
     for d in 1..=days {
@@ -909,6 +909,7 @@ async fn setup(
     city: &mut City,
     inspector: &SigningKey,
     witnesses: &[(&str, SigningKey)],
+    days: u32,
 ) -> Result<()> {
     use pb::Agency;
     use pb::PermitType as T;
@@ -1063,7 +1064,8 @@ async fn setup(
         T::ImportLicence,
         city.code("T"),
         AA,
-        40_000 * KG,
+        // A weekly import of 5,000 kg, and room for more.
+        5_000 * KG * (u64::from(days) / 7 + 2),
         false,
     );
     il.counterparty = "Rheinchem GmbH".into();
@@ -1074,7 +1076,8 @@ async fn setup(
         T::ExportLicence,
         city.code("T"),
         AA,
-        10_000 * KG,
+        // An export of 2,000 kg every ten days, and the short one.
+        2_000 * KG * (u64::from(days) / 10 + 2),
         false,
     );
     el.counterparty = "Albion Chemicals Ltd".into();

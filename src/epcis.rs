@@ -176,8 +176,18 @@ pub fn event(e: &Entry<'_>, catalogue: &Catalogue) -> Option<Value> {
             set("tz:exporter", json!(p.exporter));
         }
         Payload::Ship(p) => {
-            set("type", json!("TransactionEvent"));
-            set("action", json!("ADD"));
+            // A transaction event needs a business transaction; a shipment that draws on no
+            // permit (to a designated wholesaler, of a class II psychotropic) is an object event.
+            let cited = p.permit.is_some() || p.transport_permit.is_some();
+            set(
+                "type",
+                json!(if cited {
+                    "TransactionEvent"
+                } else {
+                    "ObjectEvent"
+                }),
+            );
+            set("action", json!(if cited { "ADD" } else { "OBSERVE" }));
             set("bizStep", json!("shipping"));
             set("disposition", json!("in_transit"));
             set(
@@ -192,7 +202,9 @@ pub fn event(e: &Entry<'_>, catalogue: &Catalogue) -> Option<Value> {
             .into_iter()
             .flatten()
             .collect();
-            set("bizTransactionList", json!(list));
+            if cited {
+                set("bizTransactionList", json!(list));
+            }
             set(
                 "sourceList",
                 json!([
@@ -373,6 +385,8 @@ pub enum Slot {
 pub struct Imported {
     pub payload: Payload,
     pub cites: Vec<(Slot, Cited)>,
+    /// The enterprise the event's `readPoint` names: it must be the signer's.
+    pub site_owner: String,
 }
 
 impl Imported {
@@ -411,8 +425,8 @@ impl Ev<'_> {
             Some(_) => self.str(k),
         }
     }
-    /// `readPoint` / `bizLocation` → the site id.
-    fn site(&self, k: &str) -> Result<String, EpcisError> {
+    /// `readPoint` / `bizLocation` → (the enterprise named, the site id).
+    fn site(&self, k: &str) -> Result<(String, String), EpcisError> {
         let id = match self.v.get(k).and_then(|x| x.get("id")) {
             Some(Value::String(s)) => s.clone(),
             _ => {
@@ -422,13 +436,12 @@ impl Ev<'_> {
                 ))
             }
         };
-        let (_, site) = site_parts(&id).ok_or_else(|| {
+        site_parts(&id).ok_or_else(|| {
             err(
                 format!("{}.id", self.f(k)),
                 format!("`{id}` is not urn:taizhang:site:<credit code>:<site>"),
             )
-        })?;
-        Ok(site)
+        })
     }
     fn quantities(&self, k: &str) -> Result<Vec<(String, String, pb::Quantity)>, EpcisError> {
         let list = match self.v.get(k) {
@@ -454,10 +467,12 @@ impl Ev<'_> {
                     "must be a whole number of the base unit",
                 )
             })?;
-            let unit = unit_of(
-                q.get("uom").and_then(Value::as_str).unwrap_or("MGM"),
-                &format!("{at}.uom"),
-            )?;
+            // Without a unit EPCIS means a count of items, which is not a base unit here.
+            let uom = q
+                .get("uom")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err(format!("{at}.uom"), "is required (MGM, MLT or C62)"))?;
+            let unit = unit_of(uom, &format!("{at}.uom"))?;
             out.push((substance, lot, pb::Quantity { amount, unit }));
         }
         Ok(out)
@@ -588,11 +603,16 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
         .unwrap_or(&step)
         .to_string();
     let mut cites = Vec::new();
+    // Every movement happens at a site of the enterprise that records it.
+    let (owner, here) = match ty.as_str() {
+        "ObjectEvent" | "TransactionEvent" | "TransformationEvent" => e.site("readPoint")?,
+        _ => Default::default(),
+    };
     let payload = match (ty.as_str(), action.as_str(), step.as_str()) {
         ("ObjectEvent", "ADD", "commissioning") => {
             let (substance, lot, q) = e.one("quantityList")?;
             Payload::Produce(pb::Produce {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -602,7 +622,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
             let (substance, lot, q) = e.one("quantityList")?;
             cites = e.cites(&[(BTT_LICENCE, Slot::Licence)])?;
             Payload::Import(pb::Import {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -611,7 +631,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
                 exporter: e.str("tz:exporter")?,
             })
         }
-        ("TransactionEvent", "ADD", "shipping") => {
+        ("TransactionEvent", "ADD", "shipping") | ("ObjectEvent", "OBSERVE", "shipping") => {
             let (substance, lot, q) = e.one("quantityList")?;
             cites = e.cites(&[(BTT_PERMIT, Slot::Permit), (BTT_TRANSPORT, Slot::TransportPermit)])?;
             let dest = e
@@ -636,7 +656,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
                 c => party(&c).ok_or_else(|| err(e.f("tz:carrier"), "must be urn:taizhang:party:<credit code>"))?,
             };
             Payload::Ship(pb::Ship {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -657,16 +677,16 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
             }
             Payload::Receive(pb::Receive {
                 ship: None,
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 quantity: Some(q),
                 lot: e.opt_str("tz:receivedLot")?,
             })
         }
-        ("TransactionEvent", "ADD", "departing") => {
+        ("TransactionEvent", "ADD", "departing") | ("ObjectEvent", "OBSERVE", "departing") => {
             let (substance, lot, q) = e.one("quantityList")?;
             cites = e.cites(&[(BTT_LICENCE, Slot::Licence)])?;
             Payload::Export(pb::Export {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -677,7 +697,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
             })
         }
         ("ObjectEvent", "OBSERVE", "cycle_counting") => Payload::StockTake(pb::StockTake {
-            site_id: e.site("readPoint")?,
+            site_id: here.clone(),
             counts: e
                 .quantities("quantityList")?
                 .into_iter()
@@ -694,7 +714,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
                 return Err(err(e.f("outputQuantityList"), "a use has no outputs here (produce them with a commissioning event)"));
             }
             Payload::Consume(pb::Consume {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -704,7 +724,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
         ("ObjectEvent", "DELETE", "destroying") => {
             let (substance, lot, q) = e.one("quantityList")?;
             Payload::Destroy(pb::Destroy {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -719,7 +739,7 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
                 .filter(|k| *k != pb::LossKind::Unspecified)
                 .ok_or_else(|| err(e.f("tz:lossKind"), format!("`{k}` is not THEFT, ROBBERY, DISAPPEARANCE or SPILLAGE")))?;
             Payload::LossReport(pb::LossReport {
-                site_id: e.site("readPoint")?,
+                site_id: here.clone(),
                 substance,
                 lot,
                 quantity: Some(q),
@@ -743,7 +763,11 @@ fn one(e: &Ev<'_>) -> Result<Imported, EpcisError> {
         }
         _ => return Err(err(e.f("type"), format!("`{ty}` is not an EPCIS 2.0 event type"))),
     };
-    Ok(Imported { payload, cites })
+    Ok(Imported {
+        payload,
+        cites,
+        site_owner: owner,
+    })
 }
 
 #[cfg(test)]
@@ -929,7 +953,7 @@ mod tests {
                 t("ObjectEvent", "ADD", "commissioning", "active"),
                 t("ObjectEvent", "ADD", "arriving", "active"),
                 t("TransactionEvent", "ADD", "shipping", "in_transit"),
-                t("TransactionEvent", "ADD", "shipping", "in_transit"),
+                t("ObjectEvent", "OBSERVE", "shipping", "in_transit"),
                 t("ObjectEvent", "OBSERVE", "receiving", "in_progress"),
                 t("TransactionEvent", "ADD", "departing", "in_transit"),
                 t("ObjectEvent", "OBSERVE", "cycle_counting", ""),
@@ -1020,6 +1044,14 @@ mod tests {
             ),
             (
                 doc(
+                    json!({"type": "ObjectEvent", "action": "ADD", "bizStep": "commissioning", "readPoint": site,
+                    "quantityList": [{"epcClass": "urn:taizhang:lot:67-64-1:A", "quantity": 5}]}),
+                ),
+                "epcisBody.eventList[0].quantityList[0].uom",
+                "is required",
+            ),
+            (
+                doc(
                     json!({"type": "ObjectEvent", "action": "OBSERVE", "bizStep": "receiving", "quantityList": ql, "readPoint": site}),
                 ),
                 "epcisBody.eventList[0].bizTransactionList",
@@ -1057,7 +1089,7 @@ mod tests {
         let d = doc(json!({
             "type": "TransactionEvent", "action": "ADD",
             "bizStep": "https://ref.gs1.org/cbv/BizStep-shipping",
-            "quantityList": [{"epcClass": "urn:taizhang:lot:67-64-1:A%2F1", "quantity": 5}],
+            "quantityList": [{"epcClass": "urn:taizhang:lot:67-64-1:A%2F1", "quantity": 5, "uom": "MGM"}],
             "readPoint": {"id": "urn:taizhang:site:E:s"},
             "tz:paymentMethod": "bank_transfer",
             "bizTransactionList": [{"type": "urn:taizhang:btt:permit", "bizTransaction": "urn:taizhang:permit:%E6%B7%B1-1"}],

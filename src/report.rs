@@ -134,6 +134,30 @@ impl Book {
     }
 }
 
+/// An SVG with nothing that could run or fetch: no script, event handlers, foreign objects,
+/// links or external references.
+fn inert_svg(svg: &str) -> bool {
+    let lower = svg.to_ascii_lowercase();
+    let banned = [
+        "<script",
+        "javascript:",
+        "<foreignobject",
+        "<iframe",
+        "<use",
+        "href=",
+        "<image",
+        "<a ",
+        "<a>",
+        "@import",
+        "url(",
+    ];
+    svg.trim_start().starts_with("<svg")
+        && !banned.iter().any(|b| lower.contains(b))
+        && !lower
+            .split(|c: char| c.is_whitespace())
+            .any(|w| w.starts_with("on") && w.contains('='))
+}
+
 /// HTML text escaping.
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -329,8 +353,17 @@ pub async fn write(server: &str, q: &Querier, jurisdiction: &str, out: &Path) ->
                 })
                 .await
             {
-                // The SVG is the server's own rendering (picture.rs escapes every text it holds).
-                Ok(t) => writeln!(sec, "<div class=\"pic\">{}</div>", t.into_inner().svg)?,
+                // The server's rendering (picture.rs escapes every text it holds). The report
+                // trusts no server with script: anything active is refused here, and the page's
+                // content security policy forbids script besides.
+                Ok(t) => {
+                    let svg = t.into_inner().svg;
+                    if inert_svg(&svg) {
+                        writeln!(sec, "<div class=\"pic\">{svg}</div>")?
+                    } else {
+                        writeln!(sec, "<p class=\"bad\">picture left out: the server's SVG holds active content</p>")?
+                    }
+                }
                 Err(s) => writeln!(sec, "<p>trace: {}</p>", esc(s.message()))?,
             }
         }
@@ -372,6 +405,9 @@ pub async fn write(server: &str, q: &Querier, jurisdiction: &str, out: &Path) ->
         sec,
         "<h2 id=\"permits\">许可证核销 · Permit reconciliation</h2>"
     )?;
+    if list.truncated {
+        writeln!(sec, "<p class=\"bad\">只列出前 {n} 个 · only the first {n} permits are listed: report on a narrower division code for all of them</p>", n = list.permits.len())?;
+    }
     writeln!(sec, "<table><tr><th>编号 permit</th><th>类型 type</th><th>持有人 holder</th><th>物品 substance</th><th>限量 ceiling</th><th>已用 drawn</th><th>已收 received</th><th>剩余 remaining</th><th>状态 state</th><th>核销 draw-downs</th><th>不符 mismatches</th></tr>")?;
     for p in &list.permits {
         let t = pb::PermitType::try_from(p.r#type).unwrap_or(pb::PermitType::Unspecified);
@@ -564,7 +600,7 @@ pub async fn write(server: &str, q: &Querier, jurisdiction: &str, out: &Path) ->
     writeln!(app, "</table>")?;
 
     let root = cp.note.lines().nth(2).unwrap_or_default().to_string();
-    writeln!(h, "<!DOCTYPE html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><title>台账稽查报告 · Taizhang inspection report</title><style>{STYLE}</style></head><body>")?;
+    writeln!(h, "<!DOCTYPE html><html lang=\"zh-CN\"><head><meta charset=\"utf-8\"><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\"><title>台账稽查报告 · Taizhang inspection report</title><style>{STYLE}</style></head><body>")?;
     writeln!(h, "<h1>台账稽查报告 · Taizhang inspection report</h1>")?;
     writeln!(
         h,

@@ -390,6 +390,12 @@ impl pb::ledger_server::Ledger for LedgerService {
             next_seq: h.next_seq,
             prev_body_hash: h.prev_body_hash.to_vec(),
             last_index: h.last_index,
+            enterprise: self
+                .ledger
+                .key_info(&id)
+                .map_err(status)?
+                .map(|k| k.enterprise)
+                .unwrap_or_default(),
         }))
     }
 

@@ -206,6 +206,34 @@ async fn taizhang_report_writes_the_html_for_a_jurisdiction_in_the_keys_scope() 
     use crate::common::{key_file, regulator_key, scenario, Server};
     let s = Server::start().await;
     scenario(&s).await;
+    // A lot name that is markup: the report must show it, never run it.
+    let mut c = s.client().await;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[0x50; 32]); // World's producer
+    let head = c
+        .get_signer_head(taizhang::pb::GetSignerHeadRequest {
+            key_id: crate::common::key_id(&key).0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut p = taizhang::client::RecordSigner::new(key, crate::common::ORIGIN)
+        .resume(head.next_seq, head.prev_body_hash.try_into().unwrap());
+    let lot = "<img src=x onerror=alert(1)>";
+    for r in [
+        crate::common::produce("plant-1", crate::common::EPHEDRINE, lot, 1_000),
+        taizhang::pb::record_body::Payload::LossReport(taizhang::pb::LossReport {
+            site_id: "plant-1".into(),
+            substance: crate::common::EPHEDRINE.into(),
+            lot: lot.into(),
+            quantity: Some(taizhang::client::mg(400)),
+            kind: taizhang::pb::LossKind::Theft as i32,
+            police_report_ref: "<script>x</script>".into(),
+        }),
+    ] {
+        crate::common::submit(&mut c, p.sign(r, crate::common::now()))
+            .await
+            .unwrap();
+    }
     let out = tempfile::tempdir().unwrap();
     let report = |j: &str, key: std::path::PathBuf| {
         tokio::process::Command::new(bin())
@@ -220,10 +248,19 @@ async fn taizhang_report_writes_the_html_for_a_jurisdiction_in_the_keys_scope() 
     let t = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{t}");
     assert!(
-        t.contains("report for 44:") && t.contains("(1 losses"),
+        t.contains("report for 44:") && t.contains("(2 losses"),
         "{t}"
     );
     let html = std::fs::read_to_string(out.path().join("index.html")).unwrap();
+    assert!(
+        !html.contains("<img") && !html.contains("<script"),
+        "markup from the ledger reached the page"
+    );
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "the lot is not shown escaped"
+    );
+    assert!(html.contains("Content-Security-Policy"));
     assert!(html.contains("in transit gap"), "no loss row");
     assert!(html.contains("<svg"), "no custody picture");
     assert!(html.contains("LOT-A"), "the lot is not named");

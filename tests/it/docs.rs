@@ -196,6 +196,7 @@ fn the_readme_tour_runs_as_written() {
         .arg(&script)
         .current_dir(dir.path())
         .env_remove("TAIZHANG_QUERY_KEY")
+        .env_remove("TAIZHANG_SERVER")
         .env("TAIZHANG_LOG", "error")
         .output()
         .unwrap();
@@ -210,7 +211,6 @@ fn the_readme_tour_runs_as_written() {
         "in transit gap",
         "not received",
         "reported theft",
-        "粤药购-2026-0041",
         "QUANTITY_GAP",
         "ENDORSEMENT_MISMATCH",
         "SHORTFALL",
@@ -222,6 +222,13 @@ fn the_readme_tour_runs_as_written() {
             "the tour's output lacks `{want}`:\n{out}\n{err}"
         );
     }
+    // The permit's reconciliation shows the 1.2 g gap itself.
+    let permit = out
+        .split("粤药购-2026-0041")
+        .nth(1)
+        .and_then(|rest| rest.split("商出-2026-0001").next())
+        .expect("the permit's reconciliation");
+    assert!(permit.contains("1,200"), "no 1.2 g gap in:\n{permit}");
     assert!(dir.path().join("eph-10.svg").exists());
     assert!(dir.path().join("report/index.html").exists());
     let city = std::fs::read_to_string(dir.path().join("city.txt")).unwrap();

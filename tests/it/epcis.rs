@@ -181,16 +181,71 @@ async fn epcis_export_reads_back_into_the_same_records_and_import_signs_and_subm
         stock_take("plant-1", EPHEDRINE, "EP-EPCIS", 700)
     );
 
+    // An event at another enterprise's site is refused, even where a site of that name is ours.
+    let foreign = serde_json::json!({
+        "type": "EPCISDocument", "schemaVersion": "2.0",
+        "epcisBody": {"eventList": [
+            {"type": "ObjectEvent", "action": "ADD", "bizStep": "commissioning",
+             "readPoint": {"id": format!("urn:taizhang:site:{buyer}:plant-1")},
+             "quantityList": [{"epcClass": format!("urn:taizhang:lot:{EPHEDRINE}:EP-3"), "quantity": 1, "uom": "MGM"}]}
+        ]}
+    });
+    std::fs::write(&hand_file, foreign.to_string()).unwrap();
+    let size = s.ledger.size();
+    let (ok, out, err) = tz(
+        a(&[
+            "epcis",
+            "import",
+            hand_file.to_str().unwrap(),
+            "--server",
+            &url,
+        ]),
+        key_file(w.p.key()),
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("epcisBody.eventList[0].readPoint.id: names enterprise")
+            && err.contains(&buyer),
+        "{err}"
+    );
+    assert_eq!(s.ledger.size(), size, "nothing submitted");
+
+    // As the buyer: only what it is party to, every site and party named.
+    let (ok, out, err) = tz(
+        a(&[
+            "epcis",
+            "export",
+            "--server",
+            &url,
+            "--out",
+            doc.to_str().unwrap(),
+        ]),
+        key_file(w.b.key()),
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        !text.contains("urn:taizhang:site::") && !text.contains("\"urn:taizhang:party:\""),
+        "{text}"
+    );
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for e in d["epcisBody"]["eventList"].as_array().unwrap() {
+        let site = e["readPoint"]["id"].as_str().unwrap();
+        assert!(site.starts_with("urn:taizhang:site:9"), "{site}");
+    }
+
     // A permit named by a number the ledger does not know: refused before anything is signed.
     let bad = serde_json::json!({
         "type": "EPCISDocument", "schemaVersion": "2.0",
         "epcisBody": {"eventList": [
             {"type": "ObjectEvent", "action": "ADD", "bizStep": "commissioning",
              "readPoint": {"id": format!("urn:taizhang:site:{producer}:plant-1")},
-             "quantityList": [{"epcClass": format!("urn:taizhang:lot:{EPHEDRINE}:EP-2"), "quantity": 1}]},
+             "quantityList": [{"epcClass": format!("urn:taizhang:lot:{EPHEDRINE}:EP-2"), "quantity": 1, "uom": "MGM"}]},
             {"type": "TransactionEvent", "action": "ADD", "bizStep": "shipping",
              "readPoint": {"id": format!("urn:taizhang:site:{producer}:plant-1")},
-             "quantityList": [{"epcClass": format!("urn:taizhang:lot:{EPHEDRINE}:EP-2"), "quantity": 1}],
+             "quantityList": [{"epcClass": format!("urn:taizhang:lot:{EPHEDRINE}:EP-2"), "quantity": 1, "uom": "MGM"}],
              "tz:paymentMethod": "bank_transfer",
              "bizTransactionList": [{"type": "urn:taizhang:btt:permit", "bizTransaction": "urn:taizhang:permit:NOPE-1"}],
              "destinationList": [{"type": "owning_party", "destination": format!("urn:taizhang:party:{buyer}")},
