@@ -808,7 +808,12 @@ fn ledger_config(a: &LedgerArgs) -> Result<Config> {
             });
         }
     }
-    if roots.is_empty() {
+    // A data dir that already has its log has its Genesis: the root regulators are read only
+    // for a new one, so an existing ledger is served with its ledger key alone.
+    let new = std::fs::read_dir(ledger::log_dir(&a.data))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if roots.is_empty() && new {
         for p in &a.root_regulators {
             roots.push(pb::AuthorityKey {
                 public_key: read_public(p)?.to_bytes().to_vec(),

@@ -766,6 +766,32 @@ fn a_witness_process_cosigns_and_the_cli_verifies_the_policy() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
 
+#[test]
+fn serving_an_existing_ledger_needs_only_its_ledger_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = keys_in(tmp.path());
+    let data = tmp.path().join("data");
+    {
+        let (_s, _url) = serve(&data, &keys);
+    }
+    // From a directory without keys/ and without --root-regulator: the Genesis is on the log.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .arg("--ledger-key")
+        .arg(keys.join("ledger.key"))
+        .current_dir(elsewhere.path());
+    let (_s, url) = start(cmd);
+    let o = run(
+        &["checkpoint", "--server", &url, "--out", "cp.note"],
+        elsewhere.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let note = std::fs::read_to_string(elsewhere.path().join("cp.note")).unwrap();
+    assert!(note.starts_with(ORIGIN), "{note}");
+}
+
 fn base64_std(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
