@@ -227,6 +227,34 @@ async fn the_annual_report_balances_each_precursor_stock_over_the_year_citing_ev
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().starts_with("year: 0"), "{}", e.message());
 
+    // A controlled-drug stock is reported through the drug regulator's channels: counted, not listed.
+    let lab = code("91440300MA5LABDG1");
+    let lk = ed25519_dalek::SigningKey::from_bytes(&[0x6c; 32]);
+    for p in [
+        enrol(
+            &lab,
+            "440305",
+            vec![
+                licence(pb::Category::Precursor3, &[pb::Activity::Produce]),
+                licence(pb::Category::Psychotropic2, &[pb::Activity::Produce]),
+            ],
+            &["lab"],
+        ),
+        register(&lk, &lab),
+    ] {
+        submit(&mut c, w.reg.sign(p, now())).await.unwrap();
+    }
+    let mut l = taizhang::client::RecordSigner::new(lk.clone(), ORIGIN);
+    for p in [
+        produce("lab", ACETONE, "LA", 9_000),
+        produce("lab", "439-14-5", "DZ", 500), // diazepam, class II psychotropic
+    ] {
+        submit(&mut c, l.sign(p, now())).await.unwrap();
+    }
+    let r = ask(lk, &lab, year).await.unwrap().into_inner();
+    assert_eq!((r.lines.len(), r.excluded), (1, 1), "{r:?}");
+    assert_eq!(r.lines[0].query.as_ref().unwrap().substance, ACETONE);
+
     // The file to hand in, through the CLI: totals, then every posting with its leaf hash.
     let tmp = tempfile::tempdir().unwrap();
     let csv = tmp.path().join("annual.csv");
