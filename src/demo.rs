@@ -312,7 +312,7 @@ impl City {
 
     /// Signs and submits; a refusal here is a bug in the demo.
     async fn put_as(&mut self, who: &str, p: Payload, cosign: bool) -> Result<pb::Receipt> {
-        let what = payload_name(&p);
+        let what = taizhang::ledger::rules::kind_name(&p);
         let r = self.sign(who, p, cosign, true);
         let receipt = self
             .c
@@ -567,27 +567,6 @@ impl City {
             }
         }
         Ok(())
-    }
-}
-
-fn payload_name(p: &Payload) -> &'static str {
-    match p {
-        Payload::IssuePermit(_) => "issue_permit",
-        Payload::Produce(_) => "produce",
-        Payload::Ship(_) => "ship",
-        Payload::Receive(_) => "receive",
-        Payload::Consume(_) => "consume",
-        Payload::StockTake(_) => "stock_take",
-        Payload::LossReport(_) => "loss_report",
-        Payload::Import(_) => "import",
-        Payload::Export(_) => "export",
-        Payload::TransportLeg(_) => "transport_leg",
-        Payload::CustomsClearance(_) => "customs_clearance",
-        Payload::ForeignEndorsement(_) => "foreign_endorsement",
-        Payload::EnrolEnterprise(_) => "enrol_enterprise",
-        Payload::RegisterKey(_) => "register_key",
-        Payload::RegisterAuthority(_) => "register_authority",
-        _ => "record",
     }
 }
 

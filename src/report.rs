@@ -32,34 +32,6 @@ struct Book {
     counted: BTreeSet<(String, String, String)>,
 }
 
-fn kind(p: &Payload) -> &'static str {
-    match p {
-        Payload::Genesis(_) => "genesis",
-        Payload::RegisterAuthority(_) => "register_authority",
-        Payload::EnrolEnterprise(_) => "enrol_enterprise",
-        Payload::RegisterKey(_) => "register_key",
-        Payload::RevokeKey(_) => "revoke_key",
-        Payload::IssuePermit(_) => "issue_permit",
-        Payload::RevokePermit(_) => "revoke_permit",
-        Payload::CustomsClearance(_) => "customs_clearance",
-        Payload::ForeignEndorsement(_) => "foreign_endorsement",
-        Payload::CatalogueUpdate(_) => "catalogue_update",
-        Payload::WriteOffPermit(_) => "write_off_permit",
-        Payload::Produce(_) => "produce",
-        Payload::Ship(_) => "ship",
-        Payload::Receive(_) => "receive",
-        Payload::TransportLeg(_) => "transport_leg",
-        Payload::Import(_) => "import",
-        Payload::Export(_) => "export",
-        Payload::Consume(_) => "consume",
-        Payload::Destroy(_) => "destroy",
-        Payload::StockTake(_) => "stock_take",
-        Payload::LossReport(_) => "loss_report",
-        Payload::Correction(_) => "correction",
-        Payload::Inspection(_) => "inspection",
-    }
-}
-
 fn decode(index: u64, leaf: &[u8]) -> Result<(KeyId, Option<Payload>)> {
     let leaf = taizhang::codec::Leaf::decode(leaf).map_err(|e| anyhow!("entry {index}: {e}"))?;
     let body =
@@ -78,7 +50,11 @@ impl Book {
             .and_then(|c| self.names.get(c).cloned())
             .or_else(|| self.key_name.get(&signer).cloned())
             .unwrap_or_else(|| format!("key {signer}"));
-        Ok((p.as_ref().map_or("record", kind), who))
+        Ok((
+            p.as_ref()
+                .map_or("record", taizhang::ledger::rules::kind_name),
+            who,
+        ))
     }
 
     /// Learns names, keys and counted holdings from one entry (nothing per entry is kept, so
