@@ -162,7 +162,13 @@ fn prepare_at(
     };
     let lot_key = key::balance(h);
     let stock_key = key::stock(&stock);
-    let old_lot = v.get::<Totals>(&lot_key).map_err(se)?;
+    // A lot being created has no holding anywhere yet (its name was just found unused).
+    let old_lot = if creates_lot {
+        debug_assert!(matches!(v.get::<Totals>(&lot_key), Ok(None)));
+        None
+    } else {
+        v.get::<Totals>(&lot_key).map_err(se)?
+    };
     let old_stock = v.get::<Totals>(&stock_key).map_err(se)?;
     let lot_new = changed(old_lot.unwrap_or_default(), &change, field, &|| {
         format!("lot `{}` at site `{}`", h.lot, h.site)

@@ -13,6 +13,10 @@
 //! ledger's writer holds the gate while it checks a group, and the flusher writes a chunk only
 //! while it holds the gate, so the writer's reads never wait behind sled's lock (the writer
 //! hands the gate over fairly between groups).
+//!
+//! Reads that reach the store are cached ([`ReadCache`]): the writer reads the same enterprise,
+//! key, head and index-block views for record after record, and a sled read costs several µs
+//! (and, through sled's epoch reclamation, frees the nodes the flusher replaced).
 
 use super::{Range, ReadGate, StoreError, ViewBatch, ViewPairs, ViewRead, ViewStore};
 use std::collections::{HashMap, VecDeque};
@@ -35,7 +39,49 @@ pub struct WriteBack {
     tx: Mutex<Option<std::sync::mpsc::Sender<Arc<Overlay>>>>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
     gate: Arc<ReadGate>,
+    cache: Arc<parking_lot::Mutex<ReadCache>>,
     policy: FlushPolicy,
+}
+
+/// The values recently read from the store underneath (`None`: the store had no such key),
+/// least recently used dropped first. It stays coherent with the store: the flusher, the only
+/// writer of the store while the layer lives, updates every cached key a chunk writes before
+/// the chunk leaves the layer, and a reader caches what it read only if no chunk reached the
+/// store since it began looking (`generation`).
+struct ReadCache {
+    map: lru::LruCache<Vec<u8>, Option<Vec<u8>>>,
+    /// Chunks written to the store (and `clear`s) so far.
+    generation: u64,
+}
+
+impl ReadCache {
+    fn new(keys: usize) -> ReadCache {
+        ReadCache {
+            map: lru::LruCache::new(
+                std::num::NonZeroUsize::new(keys).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            generation: 0,
+        }
+    }
+}
+
+/// Reads `key` from `inner` through `cache`. The caller has already looked in the layers; the
+/// generation it saw then (`seen`) decides whether what the store answers may be cached.
+fn cached_get(
+    inner: &(dyn ViewStore + Sync),
+    cache: &parking_lot::Mutex<ReadCache>,
+    key: &[u8],
+    seen: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if let Some(v) = cache.lock().map.get(key) {
+        return Ok(v.clone());
+    }
+    let v = inner.get(key)?;
+    let mut c = cache.lock();
+    if c.generation == seen {
+        c.map.put(key.to_vec(), v.clone());
+    }
+    Ok(v)
 }
 
 #[derive(Default)]
@@ -63,6 +109,12 @@ pub struct FlushPolicy {
     pub max_age: Duration,
     /// Writers wait while the flusher has more than this many keys queued (bounds memory).
     pub max_queued_keys: usize,
+    /// A flusher that has fallen behind writes the chunks queued together, up to this many
+    /// keys in one atomic batch (fewer writes of the keys they share, at the price of a
+    /// longer hold of sled's lock).
+    pub max_merged_keys: usize,
+    /// How many values read from the store are kept for the next read of the same key.
+    pub read_cache_keys: usize,
 }
 
 impl Default for FlushPolicy {
@@ -71,6 +123,103 @@ impl Default for FlushPolicy {
             max_chunk_keys: 512,
             max_age: Duration::from_millis(500),
             max_queued_keys: 400_000,
+            max_merged_keys: 2048,
+            read_cache_keys: 65_536,
+        }
+    }
+}
+
+/// The flusher thread's side of the layer.
+struct Flusher {
+    inner: Arc<dyn ViewStore + Sync>,
+    layers: Arc<RwLock<Layers>>,
+    progress: Arc<(Mutex<()>, Condvar)>,
+    gate: Arc<ReadGate>,
+    cache: Arc<parking_lot::Mutex<ReadCache>>,
+    merge_keys: usize,
+}
+
+impl Flusher {
+    /// Writes the chunks it is sent to the store, in order. When it has fallen behind, the
+    /// chunks queued are written together in one atomic batch of up to `merge_keys` keys: a
+    /// key that several of them change (a signer's head, a running total, an index block) is
+    /// written once, and the batch still ends where its last chunk does, at a group boundary.
+    /// Once the store refuses a batch nothing more is written, so the store keeps reflecting a
+    /// prefix of the log.
+    fn run(self, rx: std::sync::mpsc::Receiver<Arc<Overlay>>) {
+        let mut next = None;
+        loop {
+            let Some(first) = next.take().or_else(|| rx.recv().ok()) else {
+                return;
+            };
+            let mut keys = first.len();
+            let mut chunks = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                if keys + c.len() > self.merge_keys {
+                    next = Some(c);
+                    break;
+                }
+                keys += c.len();
+                chunks.push(c);
+            }
+            let failed = self.layers.read().map_or(true, |l| l.failed.is_some());
+            if !failed {
+                self.write(&chunks);
+            }
+            let _guard = self.progress.0.lock();
+            self.progress.1.notify_all();
+        }
+    }
+
+    /// Writes `chunks` (oldest first) as one batch, then lets them go from the layer.
+    fn write(&self, chunks: &[Arc<Overlay>]) {
+        let merged: Option<Overlay> = (chunks.len() > 1).then(|| {
+            let mut m = Overlay::with_capacity(chunks.iter().map(|c| c.len()).sum());
+            for c in chunks {
+                m.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            m
+        });
+        let batch: &Overlay = merged.as_ref().unwrap_or(&chunks[0]);
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _gate = self.gate.write();
+            let res = self
+                .inner
+                .apply_pairs(&mut batch.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
+            // Whether or not the store took the batch, what the cache holds for its keys may
+            // now be wrong: refresh them (or, after a failure, drop them) before the chunks
+            // leave the layer.
+            let mut c = self.cache.lock();
+            c.generation += 1;
+            for (k, v) in batch.iter() {
+                if res.is_ok() {
+                    if let Some(cached) = c.map.peek_mut(k) {
+                        cached.clone_from(v);
+                    }
+                } else {
+                    c.map.pop(k);
+                }
+            }
+            res
+        }))
+        .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
+        if let Ok(mut l) = self.layers.write() {
+            match res {
+                // Only now may readers stop finding the chunks here: the store answers for
+                // them from this point on.
+                Ok(()) => {
+                    for chunk in chunks {
+                        if l.sealed.front().is_some_and(|f| Arc::ptr_eq(f, chunk)) {
+                            l.sealed.pop_front();
+                            l.sealed_keys -= chunk.len();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "view store refused a chunk");
+                    l.failed = Some(e.to_string());
+                }
+            }
         }
     }
 }
@@ -85,38 +234,23 @@ impl WriteBack {
         let progress = Arc::new((Mutex::new(()), Condvar::new()));
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Overlay>>();
         let gate = Arc::new(ReadGate::new(()));
+        let cache = Arc::new(parking_lot::Mutex::new(ReadCache::new(
+            policy.read_cache_keys,
+        )));
         let (inner2, layers2, progress2) = (inner.clone(), layers.clone(), progress.clone());
-        let gate2 = gate.clone();
+        let (gate2, cache2) = (gate.clone(), cache.clone());
         let flusher = std::thread::Builder::new()
             .name("taizhang-views".into())
             .spawn(move || {
-                for chunk in rx {
-                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let _gate = gate2.write();
-                        inner2.apply_pairs(
-                            &mut chunk.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
-                        )
-                    }))
-                    .unwrap_or_else(|_| Err(StoreError::Views("view flusher panicked".into())));
-                    if let Ok(mut l) = layers2.write() {
-                        match res {
-                            // Only now may readers stop finding the chunk here: the store
-                            // answers for it from this point on.
-                            Ok(()) => {
-                                if l.sealed.front().is_some_and(|f| Arc::ptr_eq(f, &chunk)) {
-                                    l.sealed.pop_front();
-                                    l.sealed_keys -= chunk.len();
-                                }
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "view store refused a chunk");
-                                l.failed = Some(e.to_string());
-                            }
-                        }
-                    }
-                    let _guard = progress2.0.lock();
-                    progress2.1.notify_all();
-                }
+                let flusher = Flusher {
+                    inner: inner2,
+                    layers: layers2,
+                    progress: progress2,
+                    gate: gate2,
+                    cache: cache2,
+                    merge_keys: policy.max_merged_keys,
+                };
+                flusher.run(rx)
             });
         if let Err(e) = &flusher {
             if let Ok(mut l) = layers.write() {
@@ -131,6 +265,7 @@ impl WriteBack {
             tx: Mutex::new(Some(tx)),
             flusher: Mutex::new(flusher),
             gate,
+            cache,
             policy,
         }
     }
@@ -213,6 +348,7 @@ impl Drop for WriteBack {
 
 impl ViewStore for WriteBack {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let seen = self.cache.lock().generation;
         {
             let l = self.layers.read().map_err(poisoned)?;
             if let Some(v) = l.dirty.get(key) {
@@ -224,9 +360,9 @@ impl ViewStore for WriteBack {
                 }
             }
         }
-        // A chunk leaves `sealed` only after the store holds it, so a key missing above is
-        // either in the store or nowhere.
-        self.inner.get(key)
+        // A chunk leaves `sealed` only after the store holds it (and the cache agrees with
+        // it), so a key missing above is either in the store or nowhere.
+        cached_get(self.inner.as_ref(), &self.cache, key, seen)
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
         // Scans are for open, reindex and audits of the whole store: flush first.
@@ -252,7 +388,11 @@ impl ViewStore for WriteBack {
     fn clear(&self) -> Result<(), StoreError> {
         self.wait_queued_at_most(0)?;
         self.layers.write().map_err(poisoned)?.dirty = Arc::default();
-        self.inner.clear()
+        let res = self.inner.clear();
+        let mut c = self.cache.lock();
+        c.map.clear();
+        c.generation += 1;
+        res
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.maybe_seal(true)?;
@@ -266,6 +406,8 @@ impl ViewStore for WriteBack {
         // The gate keeps the flusher from changing the store underneath; the layers are
         // immutable once captured (the next write to the open chunk copies it).
         let gate = self.gate.read();
+        // Read with the gate held: no chunk reaches the store while the snapshot lives.
+        let generation = self.cache.lock().generation;
         let layers = match self.layers.read() {
             Ok(l) => {
                 let mut v: Vec<Arc<Overlay>> = l.sealed.iter().cloned().collect();
@@ -276,6 +418,8 @@ impl ViewStore for WriteBack {
         };
         Box::new(Snapshot {
             inner: self.inner.as_ref(),
+            cache: &self.cache,
+            generation,
             layers,
             _gate: gate,
         })
@@ -286,6 +430,8 @@ impl ViewStore for WriteBack {
 /// may not touch while the snapshot lives.
 struct Snapshot<'a> {
     inner: &'a (dyn ViewStore + Sync),
+    cache: &'a parking_lot::Mutex<ReadCache>,
+    generation: u64,
     /// Oldest first.
     layers: Result<Vec<Arc<Overlay>>, StoreError>,
     _gate: parking_lot::RwLockReadGuard<'a, ()>,
@@ -299,7 +445,7 @@ impl ViewRead for Snapshot<'_> {
                 return Ok(v.clone());
             }
         }
-        self.inner.get(key)
+        cached_get(self.inner, self.cache, key, self.generation)
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
         let layers = self.layers.as_ref().map_err(Clone::clone)?;
@@ -409,6 +555,8 @@ mod tests {
             max_chunk_keys: 10,
             max_age: Duration::from_secs(3600),
             max_queued_keys: 1_000_000,
+            max_merged_keys: 0,
+            read_cache_keys: 16,
         };
         let wb = WriteBack::new(rec.clone(), policy);
         for i in 0..100 {
@@ -460,6 +608,8 @@ mod tests {
             max_chunk_keys: 1_000,
             max_age: Duration::from_millis(20),
             max_queued_keys: 1_000_000,
+            max_merged_keys: 0,
+            read_cache_keys: 16,
         };
         let wb = WriteBack::new(rec.clone(), policy);
         wb.apply(batch(0)).unwrap();
@@ -478,6 +628,8 @@ mod tests {
             max_chunk_keys: 4,
             max_age: Duration::from_secs(3600),
             max_queued_keys: 1_000_000,
+            max_merged_keys: 0,
+            read_cache_keys: 16,
         };
         let wb = WriteBack::new(rec.clone(), policy);
         wb.apply(vec![
@@ -539,6 +691,207 @@ mod tests {
         }
     }
 
+    /// A store that refuses its first batch and would take the rest (a disk that filled up
+    /// and was then cleared): after the refusal nothing later may reach it, or the views
+    /// would claim a log position past changes they never got.
+    #[derive(Default)]
+    struct RefusesOnce {
+        inner: Recording,
+        refused: std::sync::atomic::AtomicBool,
+    }
+    impl ViewStore for RefusesOnce {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+            self.inner.scan_prefix(prefix)
+        }
+        fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+            if !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+                return Err(StoreError::Views("disk full".into()));
+            }
+            self.inner.apply(batch)
+        }
+        fn clear(&self) -> Result<(), StoreError> {
+            self.inner.clear()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn nothing_reaches_the_store_after_a_refused_chunk() {
+        let store = Arc::new(RefusesOnce::default());
+        let policy = FlushPolicy {
+            max_chunk_keys: 3,
+            max_age: Duration::from_secs(3600),
+            max_queued_keys: 1_000_000,
+            max_merged_keys: 0,
+            read_cache_keys: 16,
+        };
+        let wb = WriteBack::new(store.clone(), policy);
+        // The first chunk is refused (slowly); the ones queued behind it must not be written.
+        for i in 0..10 {
+            let _ = wb.apply(batch(i));
+        }
+        assert!(wb.flush().is_err());
+        assert!(wb.failure().is_some());
+        assert!(store.inner.batches.lock().unwrap().is_empty());
+        assert!(wb.apply(batch(10)).is_err());
+    }
+
+    /// A flusher that has fallen behind writes the queued chunks as one batch: each key once,
+    /// with its last value, and the batch ends with a whole chunk.
+    #[test]
+    fn queued_chunks_are_written_together() {
+        let rec = Arc::new(Recording::default());
+        let policy = FlushPolicy {
+            max_chunk_keys: 3,
+            max_age: Duration::from_secs(3600),
+            max_queued_keys: 1_000_000,
+            max_merged_keys: 12,
+            read_cache_keys: 16,
+        };
+        let wb = WriteBack::new(rec.clone(), policy);
+        // Hold the gate so the flusher falls behind while 20 chunks queue up.
+        let gate = wb.read_gate().unwrap();
+        let held = gate.read();
+        for i in 0..20 {
+            wb.apply(batch(i)).unwrap();
+        }
+        drop(held);
+        wb.flush().unwrap();
+        let batches = rec.batches.lock().unwrap();
+        assert!(
+            batches.len() < 20,
+            "{} batches for 20 chunks",
+            batches.len()
+        );
+        let mut written_own = 0;
+        for b in batches.iter() {
+            // A batch never exceeds the limit, names each key once...
+            assert!(b.len() <= 12);
+            let mut keys: Vec<_> = b.iter().map(|(k, _)| k.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), b.len());
+            // ...and its position is that of its newest chunk (the newest `own/` key in it).
+            let newest = b
+                .iter()
+                .filter(|(k, _)| k.starts_with(b"own/"))
+                .map(|(k, _)| {
+                    String::from_utf8(k[4..].to_vec())
+                        .unwrap()
+                        .parse::<u32>()
+                        .unwrap()
+                })
+                .max()
+                .unwrap();
+            let pos = b.iter().find(|(k, _)| k == b"meta/position").unwrap();
+            assert_eq!(pos.1, Some(newest.to_be_bytes().to_vec()));
+            written_own += b.iter().filter(|(k, _)| k.starts_with(b"own/")).count();
+        }
+        assert_eq!(written_own, 20);
+        assert_eq!(
+            wb.get(b"shared").unwrap(),
+            Some(19u32.to_be_bytes().to_vec())
+        );
+        assert_eq!(
+            rec.inner.get(b"shared").unwrap(),
+            Some(19u32.to_be_bytes().to_vec())
+        );
+    }
+
+    /// A store whose reads take a while, so that readers and the flusher overlap.
+    #[derive(Default)]
+    struct Slow(MemoryViews);
+    impl ViewStore for Slow {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let v = self.0.get(key);
+            std::thread::sleep(Duration::from_micros(200));
+            v
+        }
+        fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
+            self.0.scan_prefix(prefix)
+        }
+        fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
+            self.0.apply(batch)
+        }
+        fn clear(&self) -> Result<(), StoreError> {
+            self.0.clear()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// The read cache never answers with a value older than one a reader has already seen:
+    /// a reader racing the flusher (small chunks, a cache smaller than the keys in play) sees
+    /// every key's value only grow, and ends at the last one written.
+    #[test]
+    fn cached_reads_never_go_back_in_time() {
+        let policy = FlushPolicy {
+            max_chunk_keys: 2,
+            max_age: Duration::from_secs(3600),
+            max_queued_keys: 8,
+            max_merged_keys: 4,
+            read_cache_keys: 3,
+        };
+        let wb = Arc::new(WriteBack::new(Arc::new(Slow::default()), policy));
+        let keys: Vec<Vec<u8>> = (0..5u8).map(|k| vec![b'c', k]).collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (wb, keys, done) = (wb.clone(), keys.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut seen = vec![0u32; keys.len()];
+                    let mut reads = 0u64;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        for (i, k) in keys.iter().enumerate() {
+                            let v = wb
+                                .get(k)
+                                .unwrap()
+                                .map_or(0, |v| u32::from_be_bytes(v.try_into().unwrap()));
+                            assert!(v >= seen[i], "key {i} went back from {} to {v}", seen[i]);
+                            seen[i] = v;
+                            reads += 1;
+                        }
+                        let snap = wb.snapshot();
+                        for (i, k) in keys.iter().enumerate() {
+                            let v = snap
+                                .get(k)
+                                .unwrap()
+                                .map_or(0, |v| u32::from_be_bytes(v.try_into().unwrap()));
+                            assert!(v >= seen[i], "snapshot: key {i} went back");
+                            seen[i] = v;
+                        }
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for n in 1..=3000u32 {
+            let k = keys[(n as usize * 7) % keys.len()].clone();
+            wb.apply(vec![(k, Some(n.to_be_bytes().to_vec()))]).unwrap();
+            if n % 4 == 0 {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+        wb.flush().unwrap();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let last = (1..=3000u32)
+                .filter(|n| (*n as usize * 7) % keys.len() == i)
+                .max();
+            assert_eq!(wb.get(k).unwrap(), last.map(|n| n.to_be_bytes().to_vec()));
+        }
+    }
+
     proptest::proptest! {
         /// A snapshot's range reads agree with a plain map of everything applied, whatever
         /// mix of chunks are still in memory, flushed or deleted.
@@ -551,6 +904,8 @@ mod tests {
                 max_chunk_keys: 3,
                 max_age: Duration::from_secs(3600),
                 max_queued_keys: 1_000_000,
+                max_merged_keys: 5,
+                read_cache_keys: 4,
             };
             let wb = WriteBack::new(Arc::new(MemoryViews::default()), policy);
             let mut model = std::collections::BTreeMap::new();
@@ -569,6 +924,9 @@ mod tests {
                 if flush {
                     wb.flush().unwrap();
                 }
+                // Reads race the flusher through a cache smaller than the keys in play.
+                let probe = vec![b'k', k.wrapping_mul(7) % 40];
+                proptest::prop_assert_eq!(wb.get(&probe).unwrap(), model.get(&probe).cloned());
             }
             let snap = wb.snapshot();
             for (a, b, limit, reverse) in queries {
