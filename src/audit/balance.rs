@@ -247,8 +247,7 @@ pub fn balance(r: &dyn ViewRead, cfg: &AuditConfig, q: Query) -> Result<Balance,
 
 /// The running totals of a lot holding now (for tracing and tests).
 pub fn lot_totals(r: &dyn ViewRead, h: &Holding<'_>) -> Result<Totals, Refusal> {
-    Ok(match r.get(&key::balance(h)).map_err(se)? {
-        Some(b) => views::decode(b"b/", &b).map_err(se)?,
-        None => Totals::default(),
-    })
+    Ok(views::holding_totals(&|k| r.get(k), h)
+        .map_err(se)?
+        .unwrap_or_default())
 }

@@ -581,7 +581,11 @@ pub(super) fn correction(
     required_text("correction.reason", &p.reason, 1000)?;
     required_text("correction.approver", &p.approver, 128)?;
     let r = replacement(p)?;
-    if let Some(posted) = v.get::<PostedView>(&key::posted(corrects)).map_err(se)? {
+    let posted = match v.get::<PostedView>(&key::posted(corrects)).map_err(se)? {
+        Some(posted) => Some(posted),
+        None => produced(ctx, v, corrects)?,
+    };
+    if let Some(posted) = posted {
         if posted.enterprise != ent.credit_code {
             return Err(not_correctable(corrects, &ent));
         }
@@ -597,6 +601,58 @@ pub(super) fn correction(
         Some(Payload::Receive(rcv)) => correct_receipt(ctx, v, signer, &ent, corrects, &rcv),
         _ => Err(not_correctable(corrects, &ent)),
     }
+}
+
+/// The posting of entry `entry` if it is a produce not corrected before: a produce creates its
+/// lot, so the lot's view and the first row of its first holding's journal say all a
+/// `PostedView` would (one view write fewer for every produce). A corrected produce has its
+/// `PostedView`, written by the correction.
+fn produced(ctx: &Ctx<'_>, v: &Views<'_>, entry: u64) -> Result<Option<PostedView>, Refusal> {
+    let leaf = (ctx.leaf_of)(entry)?;
+    let body = crate::codec::decode_body(&leaf.body)
+        .map_err(|e| Refusal::internal(format!("entry {entry}: {e}")))?;
+    let Some(Payload::Produce(p)) = body.payload else {
+        return Ok(None);
+    };
+    let lot = v
+        .get::<LotView>(&key::lot(&p.lot))
+        .map_err(se)?
+        .filter(|l| l.created_by_entry == entry)
+        .ok_or_else(|| Refusal::internal(format!("entry {entry}: its lot `{}`", p.lot)))?;
+    let h = Holding {
+        enterprise: &lot.created_by,
+        site: &lot.site,
+        substance: &lot.substance,
+        lot: &p.lot,
+    };
+    let row = v
+        .get::<JournalRow>(&key::journal_row(&h, leaf.integrated_time_ms, entry))
+        .map_err(se)?;
+    let Some(JournalRow {
+        event:
+            Event::Move {
+                term: Term::Produced,
+                quantity,
+                ..
+            },
+        ..
+    }) = row
+    else {
+        return Err(Refusal::internal(format!(
+            "entry {entry}: the journal row of its produce"
+        )));
+    };
+    Ok(Some(PostedView {
+        kind: "produce".into(),
+        term: Term::Produced,
+        enterprise: lot.created_by.clone(),
+        site: lot.site.clone(),
+        substance: lot.substance.clone(),
+        lot: p.lot.clone(),
+        quantity,
+        at_ms: leaf.integrated_time_ms,
+        corrected_by: Vec::new(),
+    }))
 }
 
 fn not_correctable(entry: u64, ent: &EnterpriseView) -> Refusal {

@@ -436,6 +436,7 @@ impl Ledger {
             last_time_ms: &mut last_time_ms,
             replayed: 0,
             progress,
+            reader: SegmentReader::new(&log_dir),
         };
         if from.entries > 0 {
             // Last integrated time, for monotonic time.
@@ -1011,6 +1012,11 @@ impl Ledger {
         })
     }
 
+    /// A lot holding's running totals (zero for a holding that never held anything).
+    pub fn holding_totals(&self, h: &views::Holding<'_>) -> Result<views::Totals, Refusal> {
+        Ok(views::holding_totals(&|k| self.shared.views.get(k), h)?.unwrap_or_default())
+    }
+
     /// Every view key and value, for comparing a reindexed store with the original.
     pub fn dump_views(&self) -> Result<crate::store::ViewPairs, Refusal> {
         Ok(self.shared.views.scan_prefix(b"")?)
@@ -1064,6 +1070,8 @@ struct Replay<'a> {
     replayed: u64,
     /// Entries replayed so far, for a progress display (updated every 1,024).
     progress: Option<&'a AtomicU64>,
+    /// Reads earlier entries of the log being replayed (`rules::Ctx::body_of`).
+    reader: SegmentReader,
 }
 
 impl Replay<'_> {
@@ -1109,6 +1117,15 @@ impl Replay<'_> {
                 .clone()
                 .ok_or_else(|| dl("no genesis before it".into()))?;
             let leaf_hash = |i: u64| self.tree.leaf(i);
+            let (locations, reader) = (&*self.locations, &self.reader);
+            let leaf_of = |i: u64| -> Result<Leaf, Refusal> {
+                let loc = locations
+                    .get(i as usize)
+                    .copied()
+                    .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
+                Leaf::decode(&reader.read(loc)?.0)
+                    .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
+            };
             let cosigners: Vec<KeyId> = leaf.cosignatures.iter().map(|c| c.key_id).collect();
             let ctx = rules::Ctx {
                 origin: &genesis.origin,
@@ -1116,6 +1133,7 @@ impl Replay<'_> {
                 index,
                 now_ms: leaf.integrated_time_ms,
                 leaf_hash: &leaf_hash,
+                leaf_of: &leaf_of,
                 cosigners: &cosigners,
                 two_person: None,
             };
@@ -1204,7 +1222,7 @@ fn admit_rules(
         Some(h) => h,
         None => {
             rules::check_signer(key_info, signer, payload, ctx.now_ms)?;
-            v.get(&key::head(signer))?.unwrap_or_default()
+            v.head(signer)?
         }
     };
     if body.signer_seq != head.next_seq || body.signer_prev.as_slice() != head.prev_body_hash {
@@ -1214,15 +1232,7 @@ fn admit_rules(
         )));
     }
     rules::apply(ctx, v, signer, key_info, payload)?;
-    v.push_signer_seq(signer, body.signer_seq, ctx.index)?;
-    v.put(
-        key::head(signer),
-        &Head {
-            next_seq: head.next_seq + 1,
-            prev_body_hash: crypto::body_hash(body_bytes),
-            last_index: Some(ctx.index),
-        },
-    );
+    v.advance_head(signer, &head, ctx.index, crypto::body_hash(body_bytes))?;
     Ok(())
 }
 
@@ -1934,7 +1944,7 @@ fn admit(
             p.signer
         ))
     })?;
-    let head: Head = v.get(&key::head(&p.signer))?.unwrap_or_default();
+    let head = v.head(&p.signer)?;
     let seq = p.body.signer_seq;
     // Signature (precomputed when the key was known at prepare time).
     let sig = || -> Result<(), Refusal> {
@@ -2039,6 +2049,24 @@ fn admit(
             shared.read.read().ok()?.tree.leaf(i)
         }
     };
+    let leaf_of = |i: u64| -> Result<Leaf, Refusal> {
+        if i >= g.durable_end() {
+            return g
+                .not_durable(i)
+                .map(|p| p.leaf.clone())
+                .ok_or_else(|| Refusal::internal(format!("entry {i} is not in the log")));
+        }
+        let loc = shared
+            .read
+            .read()
+            .map_err(|_| Refusal::internal("read state".into()))?
+            .locations
+            .get(i as usize)
+            .copied()
+            .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
+        Leaf::decode(&shared.reader.read(loc)?.0)
+            .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
+    };
     let cosigners: Vec<KeyId> = p.cosignatures.iter().map(|c| c.key_id).collect();
     let ctx = rules::Ctx {
         origin: &shared.genesis.origin,
@@ -2046,6 +2074,7 @@ fn admit(
         index,
         now_ms: now,
         leaf_hash: &pending_hash,
+        leaf_of: &leaf_of,
         cosigners: &cosigners,
         two_person: Some(&shared.two_person),
     };

@@ -28,6 +28,10 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// Leaf hash of an existing entry (`index` < this entry's index).
     pub leaf_hash: &'a dyn Fn(u64) -> Option<Hash>,
+    /// An earlier entry (`index` < this entry's index), from the log or from a group not yet
+    /// durable: for the rare rule that needs what an entry said rather than what the views
+    /// keep of it (a correction of a produce).
+    pub leaf_of: &'a dyn Fn(u64) -> Result<crate::codec::Leaf, Refusal>,
     /// Keys that cosigned the record (their signatures are checked before the rules run).
     pub cosigners: &'a [KeyId],
     /// Categories under two-person control (`Category` values), checked at ingest; `None` at
@@ -519,15 +523,13 @@ pub fn apply_genesis(
         }
         v.put(key::key(&id), &info);
     }
-    v.push_signer_seq(ledger_id, 0, 0).map_err(se)?;
-    v.put(
-        key::head(ledger_id),
-        &Head {
-            next_seq: 1,
-            prev_body_hash: crate::crypto::body_hash(body_bytes),
-            last_index: Some(0),
-        },
-    );
+    v.advance_head(
+        ledger_id,
+        &Head::default(),
+        0,
+        crate::crypto::body_hash(body_bytes),
+    )
+    .map_err(se)?;
     Ok(())
 }
 
@@ -850,19 +852,17 @@ fn produce(
             shipment: None,
         },
         "produce.quantity.amount",
-    )?;
-    v.put(
-        key::lot(&p.lot),
-        &LotView {
+        LotView {
             substance: s.id.clone(),
             created_by: ent.credit_code.clone(),
             created_by_entry: ctx.index,
             site: p.site_id.clone(),
             derived_from: None,
+            totals: Totals::default(),
         },
-    );
+    )?;
+    // No `PostedView`: a correction finds the produce through its lot (`custody::produced`).
     posting.write(v);
-    custody::posted(ctx, v, "produce", Term::Produced, &h, q);
     Ok(())
 }
 
@@ -1225,6 +1225,7 @@ fn receive(
                 created_by_entry: ctx.index,
                 site: p.site_id.clone(),
                 derived_from: Some(shipment.lot.clone()),
+                totals: Totals::default(),
             }),
         }
     } else {
@@ -1241,8 +1242,8 @@ fn receive(
         quantity: q,
         shipment: Some(ship_index),
     };
-    let posting = if new_lot.is_some() {
-        stock::prepare_new_lot(ctx, v, &h, change, "receive.quantity.amount")?
+    let posting = if let Some(lot) = new_lot {
+        stock::prepare_new_lot(ctx, v, &h, change, "receive.quantity.amount", lot)?
     } else {
         stock::prepare(ctx, v, &h, change, "receive.quantity.amount")?
     };
@@ -1257,9 +1258,6 @@ fn receive(
             precondition("receive.quantity.amount", "permit total would overflow u64")
         })?;
         permits_received.push(permit);
-    }
-    if let Some(l) = new_lot {
-        v.put(key::lot(&lot_id), &l);
     }
     posting.write(v);
     shipment.received = Some(ReceivedView {

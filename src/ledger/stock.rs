@@ -132,19 +132,22 @@ pub(super) fn prepare(
     change: Change,
     field: &str,
 ) -> Result<Posting, Refusal> {
-    prepare_at(ctx, v, h, change, field, false)
+    prepare_at(ctx, v, h, change, field, None)
 }
 
-/// `prepare` for the posting that creates lot `h.lot` at `h`: its `LotView` names this holding,
-/// so the holdings index `lh/` need not.
+/// `prepare` for the posting that creates lot `h.lot` at `h`, described by `lot`: the posting
+/// writes the lot's view, which names this holding (so the holdings index `lh/` need not) and
+/// keeps its totals.
 pub(super) fn prepare_new_lot(
     ctx: &Ctx<'_>,
     v: &Views<'_>,
     h: &Holding<'_>,
     change: Change,
     field: &str,
+    lot: LotView,
 ) -> Result<Posting, Refusal> {
-    prepare_at(ctx, v, h, change, field, true)
+    debug_assert!(lot.is_first_holding(h));
+    prepare_at(ctx, v, h, change, field, Some(lot))
 }
 
 fn prepare_at(
@@ -153,21 +156,32 @@ fn prepare_at(
     h: &Holding<'_>,
     change: Change,
     field: &str,
-    creates_lot: bool,
+    creates: Option<LotView>,
 ) -> Result<Posting, Refusal> {
+    let creates_lot = creates.is_some();
     let stock = Stock {
         enterprise: h.enterprise,
         site: h.site,
         substance: h.substance,
     };
-    let lot_key = key::balance(h);
     let stock_key = key::stock(&stock);
+    // Where this holding's totals live: in the lot's view for its first holding (the one
+    // being created, or the one it was created at), under `b/` for any other.
+    let first: Option<LotView> = match creates {
+        Some(lot) => Some(lot),
+        None => v
+            .get::<LotView>(&key::lot(h.lot))
+            .map_err(se)?
+            .filter(|l| l.is_first_holding(h)),
+    };
     // A lot being created has no holding anywhere yet (its name was just found unused).
-    let old_lot = if creates_lot {
-        debug_assert!(matches!(v.get::<Totals>(&lot_key), Ok(None)));
-        None
-    } else {
-        v.get::<Totals>(&lot_key).map_err(se)?
+    let old_lot = match &first {
+        Some(_) if creates_lot => {
+            debug_assert!(matches!(v.get::<Totals>(&key::balance(h)), Ok(None)));
+            None
+        }
+        Some(lot) => Some(lot.totals),
+        None => v.get::<Totals>(&key::balance(h)).map_err(se)?,
     };
     let old_stock = v.get::<Totals>(&stock_key).map_err(se)?;
     let lot_new = changed(old_lot.unwrap_or_default(), &change, field, &|| {
@@ -183,8 +197,18 @@ fn prepare_at(
         event: change.event(),
         totals,
     };
+    let lot_write = match first {
+        Some(lot) => (
+            key::lot(h.lot),
+            encode(&LotView {
+                totals: lot_new,
+                ..lot
+            }),
+        ),
+        None => (key::balance(h), encode(&lot_new)),
+    };
     let mut writes = vec![
-        (lot_key, encode(&lot_new)),
+        lot_write,
         (
             key::journal_row(h, ctx.now_ms, ctx.index),
             encode(&row(lot_new)),

@@ -92,18 +92,16 @@ pub fn import(
             shipment: None,
         },
         "import.quantity.amount",
-    )?;
-    let licence_entry = licence.issue_entry;
-    v.put(
-        key::lot(&p.lot),
-        &LotView {
+        LotView {
             substance: s.id.clone(),
             created_by: ent.credit_code.clone(),
             created_by_entry: ctx.index,
             site: p.site_id.clone(),
             derived_from: None,
+            totals: Totals::default(),
         },
-    );
+    )?;
+    let licence_entry = licence.issue_entry;
     posting.write(v);
     permits::put_drawn(ctx, v, licence, q);
     put_movement(

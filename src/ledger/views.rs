@@ -20,7 +20,9 @@ pub const META_GENESIS: &[u8] = b"meta/genesis";
 pub const META_FORMAT: &[u8] = b"meta/format";
 /// The views' format: 2 = entry index blocks of fixed-width entries; 3 = permits, shipments
 /// that name the permits they drew on.
-pub const VIEW_FORMAT: u32 = 5;
+/// 6 = a signer's head carries its current seq-index block; a lot's view, its first holding's
+/// totals; a produce has no `po/` until corrected.
+pub const VIEW_FORMAT: u32 = 6;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,10 @@ pub struct Head {
     pub next_seq: u64,
     pub prev_body_hash: [u8; 32],
     pub last_index: Option<u64>,
+    /// The entry indices of the seqs of the current seq-index block (from
+    /// `next_seq - next_seq % BLOCK`), 8 bytes big-endian each: the head carries them until
+    /// the block is full and moves to its own key, so advancing a chain is one view write.
+    pub block: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +102,34 @@ pub struct LotView {
     pub site: String,
     /// For a lot created on receipt: the lot it was received from.
     pub derived_from: Option<String>,
+    /// The running totals of its first holding (`created_by` × `site` × `substance`), kept
+    /// here rather than under `b/` like every other holding's: a lot's creation is then one
+    /// view write, not two.
+    pub totals: Totals,
+}
+
+impl LotView {
+    /// Whether `h` is this lot's first holding (whose totals the lot view keeps).
+    pub fn is_first_holding(&self, h: &Holding<'_>) -> bool {
+        self.created_by == h.enterprise && self.site == h.site && self.substance == h.substance
+    }
+}
+
+/// A read of one view key, from whatever reads the views.
+pub type RawGet<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+/// A lot holding's running totals from whatever reads the views: the lot's view for its
+/// first holding, `b/` for any other.
+pub fn holding_totals(get: RawGet<'_>, h: &Holding<'_>) -> Result<Option<Totals>, StoreError> {
+    let lot_key = key::lot(h.lot);
+    if let Some(b) = get(&lot_key)? {
+        let lot: LotView = decode(&lot_key, &b)?;
+        if lot.is_first_holding(h) {
+            return Ok(Some(lot.totals));
+        }
+    }
+    let k = key::balance(h);
+    get(&k)?.map(|b| decode(&k, &b)).transpose()
 }
 
 /// A shipment, open until received.
@@ -426,7 +460,8 @@ pub struct JournalRow {
 /// A movement entry that a `Correction` may amend: where it posted and what it now counts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostedView {
-    /// The payload kind (`produce`, `consume`, `destroy`, `loss_report`).
+    /// The payload kind (`produce`, `consume`, `destroy`, `loss_report`). A produce has one
+    /// only once corrected; before, its lot describes it.
     pub kind: String,
     pub term: Term,
     pub enterprise: String,
@@ -860,38 +895,66 @@ impl<'s> Views<'s> {
         self.overlay
     }
 
-    /// Records that `seq` of key `id` is entry `index` (seqs arrive contiguous from 0).
-    /// A block is the entries' indices as 8-byte big-endian integers, appended in place.
-    pub fn push_signer_seq(&mut self, id: &KeyId, seq: u64, index: u64) -> Result<(), StoreError> {
-        let k = key::signer_seq_block(id, seq / BLOCK);
-        if !self.top().contains_key(&k) {
-            let current = self.raw_get(&k)?.unwrap_or_default();
-            self.top().insert(k.clone(), Some(current));
+    /// Advances key `id`'s chain from `head` by one record: entry `index`, whose body hashes
+    /// to `body_hash`. The seq index rides in the head until its block is full (one view
+    /// write per record); a full block is written to its own key, where it never changes.
+    pub fn advance_head(
+        &mut self,
+        id: &KeyId,
+        head: &Head,
+        index: u64,
+        body_hash: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let seq = head.next_seq;
+        if head.block.len() != (seq % BLOCK) as usize * 8 {
+            return Err(StoreError::Views(format!(
+                "seq index of key {id}: the head at seq {seq} holds {} bytes of its block",
+                head.block.len()
+            )));
         }
-        let want = (seq % BLOCK) as usize * 8;
-        match self.top().get_mut(&k) {
-            Some(Some(block)) if block.len() == want => {
-                block.extend_from_slice(&index.to_be_bytes());
-                Ok(())
-            }
-            other => Err(StoreError::Views(format!(
-                "seq index of key {id}: block {} holds {} bytes, seq {seq} does not follow",
-                seq / BLOCK,
-                other.and_then(|b| b.as_ref().map(Vec::len)).unwrap_or(0)
-            ))),
-        }
+        let mut block = Vec::with_capacity(head.block.len() + 8);
+        block.extend_from_slice(&head.block);
+        block.extend_from_slice(&index.to_be_bytes());
+        let next = Head {
+            next_seq: seq + 1,
+            prev_body_hash: body_hash,
+            last_index: Some(index),
+            block: if (seq + 1).is_multiple_of(BLOCK) {
+                self.put_raw(key::signer_seq_block(id, seq / BLOCK), block);
+                Vec::new()
+            } else {
+                block
+            },
+        };
+        self.put(key::head(id), &next);
+        Ok(())
+    }
+
+    /// Where key `id`'s chain stands (the default for a key that has signed nothing).
+    pub fn head(&self, id: &KeyId) -> Result<Head, StoreError> {
+        Ok(self.get(&key::head(id))?.unwrap_or_default())
     }
 
     /// The entry holding `seq` of key `id`.
     pub fn signer_seq_index(&self, id: &KeyId, seq: u64) -> Result<Option<u64>, StoreError> {
-        let Some(block) = self.raw_get(&key::signer_seq_block(id, seq / BLOCK))? else {
+        let head = self.head(id)?;
+        if seq >= head.next_seq {
             return Ok(None);
-        };
+        }
         let at = (seq % BLOCK) as usize * 8;
-        Ok(block
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes))
+        let from = |block: &[u8]| {
+            block
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        if seq / BLOCK == head.next_seq / BLOCK {
+            return Ok(from(&head.block));
+        }
+        Ok(self
+            .raw_get(&key::signer_seq_block(id, seq / BLOCK))?
+            .as_deref()
+            .and_then(from))
     }
 
     /// Records entries `first..first + entries.len()` (appended in order). A block is its
@@ -921,7 +984,7 @@ impl<'s> Views<'s> {
 
     /// A lot holding's running totals.
     pub fn totals(&self, h: &Holding<'_>) -> Result<Totals, StoreError> {
-        Ok(self.get::<Totals>(&key::balance(h))?.unwrap_or_default())
+        Ok(holding_totals(&|k| self.raw_get(k), h)?.unwrap_or_default())
     }
 
     /// A lot holding's book stock.
@@ -1012,13 +1075,14 @@ mod tests {
         let id = KeyId([1; 16]);
         v.begin();
         v.put(b"x/kept".to_vec(), &1u64);
-        v.push_signer_seq(&id, 0, 10).unwrap();
+        v.advance_head(&id, &Head::default(), 10, [1; 32]).unwrap();
         v.commit();
         v.begin();
         v.put(b"x/kept".to_vec(), &2u64);
         v.put(b"x/new".to_vec(), &3u64);
         v.delete(b"x/kept".to_vec());
-        v.push_signer_seq(&id, 1, 11).unwrap();
+        let h1 = v.head(&id).unwrap();
+        v.advance_head(&id, &h1, 11, [2; 32]).unwrap();
         assert_eq!(
             v.get::<u64>(b"x/new").unwrap(),
             Some(3),
@@ -1031,9 +1095,45 @@ mod tests {
         assert_eq!(v.signer_seq_index(&id, 1).unwrap(), None);
         // The next record appends where the committed one left off.
         v.begin();
-        v.push_signer_seq(&id, 1, 12).unwrap();
+        assert_eq!(v.head(&id).unwrap(), h1);
+        v.advance_head(&id, &h1, 12, [3; 32]).unwrap();
         v.commit();
         assert_eq!(v.signer_seq_index(&id, 1).unwrap(), Some(12));
+    }
+
+    /// The head carries its block until it is full: across block boundaries every seq is
+    /// found, full blocks have their own keys, and a head that does not match its block is
+    /// refused.
+    #[test]
+    fn the_seq_index_rides_in_the_head_until_its_block_is_full() {
+        let store = crate::store::MemoryViews::default();
+        let mut v = Views::new(&store);
+        let id = KeyId([7; 16]);
+        let n = 2 * BLOCK + 3;
+        for seq in 0..n {
+            let head = v.head(&id).unwrap();
+            assert_eq!(head.next_seq, seq);
+            assert_eq!(head.block.len(), (seq % BLOCK) as usize * 8);
+            v.advance_head(&id, &head, 1000 + 2 * seq, [seq as u8; 32])
+                .unwrap();
+        }
+        for seq in 0..n {
+            assert_eq!(v.signer_seq_index(&id, seq).unwrap(), Some(1000 + 2 * seq));
+        }
+        assert_eq!(v.signer_seq_index(&id, n).unwrap(), None);
+        for b in 0..2 {
+            let block = v.raw_get(&key::signer_seq_block(&id, b)).unwrap().unwrap();
+            assert_eq!(block.len(), BLOCK as usize * 8);
+        }
+        assert_eq!(v.raw_get(&key::signer_seq_block(&id, 2)).unwrap(), None);
+        let head = v.head(&id).unwrap();
+        assert_eq!(
+            (head.next_seq, head.last_index),
+            (n, Some(1000 + 2 * (n - 1)))
+        );
+        let mut wrong = head.clone();
+        wrong.block.pop();
+        assert!(v.advance_head(&id, &wrong, 1, [0; 32]).is_err());
     }
 
     #[test]

@@ -496,6 +496,15 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
+    /// A reader of the segment files in `dir` (for a log being opened, whose frames before
+    /// the one at hand are already checked).
+    pub fn new(dir: &Path) -> SegmentReader {
+        SegmentReader {
+            dir: dir.to_path_buf(),
+            files: Arc::default(),
+        }
+    }
+
     fn file(&self, segment: u64) -> Result<Arc<File>, StoreError> {
         if let Ok(files) = self.files.read() {
             if let Some((_, f)) = files.iter().find(|(s, _)| *s == segment) {

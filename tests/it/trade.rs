@@ -354,11 +354,7 @@ async fn the_two_way_check_finds_every_inequality_missing_counterpart_and_object
         substance: ANHYDRIDE,
         lot: "IMP-1",
     };
-    let bal: u64 =
-        t.s.ledger
-            .view(&taizhang::ledger::views::key::balance(&h))
-            .unwrap()
-            .unwrap();
+    let bal = t.s.ledger.holding_totals(&h).unwrap().balance();
     assert_eq!(bal, 0);
     // Not a trade licence, and not a licence at all.
     let e = a
