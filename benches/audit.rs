@@ -78,12 +78,21 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(entries, if bench_mode { 1_000 } else { 20 }));
-}
-
-async fn run(entries: usize, calls: usize) {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let tmp = tempfile::tempdir_in(&base).unwrap();
+    let cfg = rt.block_on(run(&tmp, entries, if bench_mode { 1_000 } else { 20 }));
+    // The runtime goes first: its tasks (the server's connections) hold the ledger too.
+    drop(rt);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(reopen_figures(cfg));
+}
+
+/// Builds the ledger in `tmp`, times the queries, and gives back how to open it again.
+async fn run(tmp: &tempfile::TempDir, entries: usize, calls: usize) -> Config {
     let regulator = SigningKey::from_bytes(&[0x52; 32]);
     let cfg = Config {
         data_dir: tmp.path().join("data"),
@@ -100,6 +109,7 @@ async fn run(entries: usize, calls: usize) {
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
         two_person: taizhang::ledger::default_two_person(),
     };
+    let ledger_cfg = cfg.clone();
     let (ledger, _) = Ledger::open(cfg).unwrap();
     let mut reg = RecordSigner::new(regulator, ORIGIN);
     let seller = code("91440300MA5PRDCR1");
@@ -278,11 +288,10 @@ async fn run(entries: usize, calls: usize) {
     );
 
     let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(taizhang::api::serve(
-        ledger.clone(),
-        listener,
-        std::future::pending(),
-    ));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(taizhang::api::serve(ledger.clone(), listener, async {
+        let _ = stopped.await;
+    }));
     let url = format!("http://{addr}");
     // A client that expects large answers opens its HTTP/2 windows (the 64 KiB default
     // costs a round trip per 64 KiB of a ~250 KB reconciliation).
@@ -531,5 +540,97 @@ async fn run(entries: usize, calls: usize) {
             "NOT met"
         }
     );
+    storage_figures(&ledger_cfg, ledger, stop, server).await;
+    ledger_cfg
+}
+
+/// A `/proc/self/status` figure in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Bytes in the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Memory while serving and disk (issue #7's storage targets).
+async fn storage_figures(
+    cfg: &Config,
+    ledger: Ledger,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+) {
+    let entries = ledger.size();
+    println!(
+        "storage at {entries} entries: RSS while serving {} MiB (peak {} MiB)",
+        status_kib("VmRSS:") >> 10,
+        status_kib("VmHWM:") >> 10
+    );
+    let _ = stop.send(());
+    let _ = server.await;
     ledger.close().await;
+    drop(ledger);
+    let (log, views) = (
+        dir_bytes(&cfg.data_dir.join("log")),
+        dir_bytes(&cfg.data_dir.join("views")),
+    );
+    println!(
+        "  disk: log {:.1} MB ({:.0} bytes per entry), views {:.1} MB; all / log = {:.2} (target ≤ 2.5)",
+        log as f64 / 1e6,
+        log as f64 / entries as f64,
+        views as f64 / 1e6,
+        (log + views) as f64 / log as f64
+    );
+}
+
+/// Reopen and (up to 1 M entries, or with `TZ_BENCH_REINDEX=1`) reindex of the ledger built.
+async fn reopen_figures(cfg: Config) {
+    let t = Instant::now();
+    let (reopened, report) = Ledger::open(cfg.clone()).unwrap();
+    let took = t.elapsed();
+    println!(
+        "  reopen: {:.2} s ({} entries replayed; target ≤ 2 s at 10 M); RSS after {} MiB",
+        took.as_secs_f64(),
+        report.replayed,
+        status_kib("VmRSS:") >> 10
+    );
+    let entries = reopened.size();
+    reopened.close().await;
+    drop(reopened);
+    let reindex = match std::env::var("TZ_BENCH_REINDEX") {
+        Ok(v) => v == "1",
+        Err(_) => entries <= 1_000_000,
+    };
+    if reindex {
+        let t = Instant::now();
+        let report = taizhang::ledger::reindex(cfg).unwrap();
+        let took = t.elapsed().as_secs_f64();
+        println!(
+            "  reindex: {} entries in {took:.1} s = {:.0} entries/s (target ≥ 100,000/s)",
+            report.replayed,
+            report.replayed as f64 / took
+        );
+    }
 }
