@@ -13,6 +13,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+use common::{dir_bytes, status_kib};
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -542,37 +544,6 @@ async fn run(tmp: &tempfile::TempDir, entries: usize, calls: usize) -> Config {
     );
     storage_figures(&ledger_cfg, ledger, stop, server).await;
     ledger_cfg
-}
-
-/// A `/proc/self/status` figure in KiB.
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
-/// Bytes in the files under `dir`.
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Memory while serving and disk (issue #7's storage targets).

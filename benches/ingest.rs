@@ -16,6 +16,8 @@
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod common;
+use common::{dir_bytes, status_kib};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,6 +141,7 @@ async fn run(n: usize) {
         max_segment_bytes: taizhang::ledger::DEFAULT_SEGMENT_BYTES,
         two_person: taizhang::ledger::default_two_person(),
     };
+    let data_dir = cfg.data_dir.clone();
     let (ledger, _) = Ledger::open(cfg).unwrap();
     let (listener, addr) = taizhang::api::bind("127.0.0.1:0").await.unwrap();
     tokio::spawn(taizhang::api::serve(
@@ -210,6 +213,7 @@ async fn run(n: usize) {
     let only = std::env::var("TZ_BENCH_ONLY").unwrap_or_default();
     let run_phase = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
     let mut report = Vec::new();
+    let mut direct_rate: Option<f64> = None;
     // Each phase is bracketed by a 2-thread verify measurement, and its rate is reported
     // against their mean: the machine's speed drifts within a run.
     let bracket = |before: f64, after: f64| (before + after) / 2.0;
@@ -254,9 +258,10 @@ async fn run(n: usize) {
         quiet();
         let v = bracket(before, raw_verify_rate(2, &msgs));
         report.push(format!(
-            "  unary gRPC alone (GetSignerHead), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            "  unary gRPC alone (GetSignerHead), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per record",
             100.0 * rate / v,
-            100.0 * cpu
+            100.0 * cpu,
+            2e6 * cpu / rate
         ));
     }
 
@@ -299,12 +304,14 @@ async fn run(n: usize) {
         let secs = start.elapsed().as_secs_f64();
         let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
         let rate = (per * 64) as f64 / secs;
+        direct_rate = Some(rate);
         quiet();
         let v = bracket(before, raw_verify_rate(2, &msgs));
         report.push(format!(
-            "  ledger alone (no gRPC), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            "  ledger alone (no gRPC), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per record",
             100.0 * rate / v,
-            100.0 * cpu
+            100.0 * cpu,
+            2e6 * cpu / rate
         ));
     }
 
@@ -356,12 +363,13 @@ async fn run(n: usize) {
         let v = bracket(before, raw_verify_rate(2, &msgs));
         lat.sort();
         report.push(format!(
-            "  unary Submit, 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU {:.0}% of 2 cores",
+            "  unary Submit, 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; CPU {:.0}% of 2 cores, {:.0} µs per record",
             100.0 * rate / v,
             ms(percentile(&lat, 0.5)),
             ms(percentile(&lat, 0.99)),
             ms(percentile(&lat, 1.0)),
-            100.0 * cpu
+            100.0 * cpu,
+            2e6 * cpu / rate
         ));
     }
 
@@ -420,9 +428,10 @@ async fn run(n: usize) {
         quiet();
         let v = bracket(before, raw_verify_rate(2, &msgs));
         report.push(format!(
-            "  bulk, {streams} SubmitStreams: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores",
+            "  bulk, {streams} SubmitStreams: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per record",
             100.0 * rate / v,
-            100.0 * cpu
+            100.0 * cpu,
+            2e6 * cpu / rate
         ));
     }
 
@@ -460,8 +469,66 @@ async fn run(n: usize) {
     for line in report {
         println!("{line}");
     }
-    println!("  ledger size {}", ledger.size());
+    let entries = ledger.size();
+    println!(
+        "  ledger size {entries}; RSS {} MiB (peak {} MiB)",
+        status_kib("VmRSS:") >> 10,
+        status_kib("VmHWM:") >> 10
+    );
     ledger.close().await;
+    let (log, views) = (
+        dir_bytes(&data_dir.join("log")),
+        dir_bytes(&data_dir.join("views")),
+    );
+    println!(
+        "  disk: log {:.0} bytes per entry, views {:.0} bytes per entry ({:.1} × the log)",
+        log as f64 / entries as f64,
+        views as f64 / entries as f64,
+        views as f64 / log as f64
+    );
+    // sled's own limit, on the same disk: what the view flusher can write at best.
+    let sled_rate = sled_raw_rate(&base);
+    println!(
+        "  sled raw: {sled_rate:.0} keys/s (batches of 512 keys of ~80 bytes, the ledger's settings) = {:.1} sled keys per record at the ledger-alone rate",
+        sled_rate / (direct_rate.unwrap_or(f64::NAN))
+    );
+}
+
+/// Keys per second sled 0.34 takes in batches of 512 (keys ~80 bytes, scattered; values ~50
+/// bytes), configured as the ledger's views are, with 100,000 keys already in the tree.
+fn sled_raw_rate(base: &std::path::Path) -> f64 {
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let db = sled::Config::new()
+        .path(tmp.path())
+        .flush_every_ms(Some(1000))
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .unwrap();
+    let t = db.open_tree("views").unwrap();
+    let key = |i: u64| {
+        let mut k = [
+            b"j/91440300MA5PRDCR1X\0site-1\0".as_slice(),
+            b"67-64-1\0lot-",
+        ]
+        .concat();
+        k.extend_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        k.extend_from_slice(&[0; 16]);
+        k
+    };
+    let fill = |from: u64, to: u64| {
+        let mut b = sled::Batch::default();
+        for i in from..to {
+            b.insert(key(i), vec![7u8; 50]);
+            if (i + 1) % 512 == 0 {
+                t.apply_batch(std::mem::take(&mut b)).unwrap();
+            }
+        }
+        t.apply_batch(b).unwrap();
+    };
+    fill(0, 100_000);
+    let start = Instant::now();
+    fill(100_000, 150_000);
+    50_000.0 / start.elapsed().as_secs_f64()
 }
 
 fn ms(d: Duration) -> f64 {
