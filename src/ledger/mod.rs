@@ -1930,6 +1930,23 @@ impl GroupCtx<'_> {
     }
 }
 
+/// Entry `i`, from a group not yet durable or from the log.
+fn leaf_at(shared: &Shared, g: &GroupCtx<'_>, i: u64) -> Result<Leaf, Refusal> {
+    if let Some(p) = g.not_durable(i) {
+        return Ok(p.leaf.clone());
+    }
+    let loc = shared
+        .read
+        .read()
+        .map_err(|_| Refusal::internal("read state".into()))?
+        .locations
+        .get(i as usize)
+        .copied()
+        .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
+    Leaf::decode(&shared.reader.read(loc)?.0)
+        .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
+}
+
 fn admit(
     shared: &Shared,
     v: &mut Views<'_>,
@@ -1963,20 +1980,7 @@ fn admit(
         let held: u64 = v
             .signer_seq_index(&p.signer, seq)?
             .ok_or_else(|| Refusal::internal(format!("no entry for {} seq {seq}", p.signer)))?;
-        let held_leaf = if let Some(p) = g.not_durable(held) {
-            p.leaf.clone()
-        } else {
-            let loc = shared
-                .read
-                .read()
-                .map_err(|_| Refusal::internal("read state".into()))?
-                .locations
-                .get(held as usize)
-                .copied()
-                .ok_or_else(|| Refusal::internal("location".into()))?;
-            Leaf::decode(&shared.reader.read(loc)?.0)
-                .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {held}: {e}")))?
-        };
+        let held_leaf = leaf_at(shared, g, held)?;
         // A retry is answered before the key's role and validity are judged again: the entry
         // was valid when recorded, and a client that lost its receipt (say, to a crash) must be
         // able to get it even after the key expired or was revoked.
@@ -2049,24 +2053,7 @@ fn admit(
             shared.read.read().ok()?.tree.leaf(i)
         }
     };
-    let leaf_of = |i: u64| -> Result<Leaf, Refusal> {
-        if i >= g.durable_end() {
-            return g
-                .not_durable(i)
-                .map(|p| p.leaf.clone())
-                .ok_or_else(|| Refusal::internal(format!("entry {i} is not in the log")));
-        }
-        let loc = shared
-            .read
-            .read()
-            .map_err(|_| Refusal::internal("read state".into()))?
-            .locations
-            .get(i as usize)
-            .copied()
-            .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
-        Leaf::decode(&shared.reader.read(loc)?.0)
-            .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
-    };
+    let leaf_of = |i: u64| leaf_at(shared, g, i);
     let cosigners: Vec<KeyId> = p.cosignatures.iter().map(|c| c.key_id).collect();
     let ctx = rules::Ctx {
         origin: &shared.genesis.origin,
