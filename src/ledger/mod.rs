@@ -10,6 +10,7 @@
 
 mod custody;
 pub mod error;
+mod index;
 mod permits;
 pub mod rules;
 mod stock;
@@ -19,7 +20,7 @@ pub mod views;
 use crate::checkpoint::{sign_checkpoint, Checkpoint, NoteSigner};
 use crate::codec::{self, Cosig, Leaf, MAX_BODY_BYTES, MAX_COSIGNATURES};
 use crate::crypto::{self, KeyId};
-use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
+use crate::merkle::{self, Blake3Hasher, Hash};
 use crate::model::Catalogue;
 use crate::pb::{self, record_body::Payload};
 use crate::store::{
@@ -28,6 +29,7 @@ use crate::store::{
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::{Code, Refusal};
+use index::{EntryIndex, Nodes};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -154,8 +156,7 @@ enum Msg {
 
 /// What readers see: the tree, where entries live, the latest checkpoint.
 struct ReadState {
-    tree: MemoryTree<Blake3Hasher>,
-    locations: Vec<Location>,
+    index: EntryIndex,
     checkpoint: String,
     checkpoint_size: u64,
     last_time_ms: u64,
@@ -187,6 +188,102 @@ struct Shared {
     two_person: Vec<i32>,
     /// Held for the ledger's lifetime: one process per data dir.
     _lock: Option<std::fs::File>,
+}
+
+impl Shared {
+    /// Runs `f` on the read state with every entry-index run it touches in memory. `f` runs
+    /// under the read lock; the runs it missed are read from the views with the lock released
+    /// (sled can stall a read for a whole chunk's apply, and the sync thread waits for this
+    /// lock), then `f` runs again. A read that needs more runs than the cache keeps reads them
+    /// in place on its last try.
+    fn indexed<T>(&self, f: impl Fn(&ReadState, &Nodes<'_>) -> T) -> Result<T, Refusal> {
+        let lock = || {
+            self.read
+                .read()
+                .map_err(|_| Refusal::internal("read state poisoned".into()))
+        };
+        let damaged = |e: StoreError| Refusal::new(Code::DataLoss, e.to_string());
+        for _ in 0..3 {
+            let missing = {
+                let r = lock()?;
+                let nodes = Nodes::recording(&r.index);
+                let out = f(&r, &nodes);
+                let missing = nodes.missing();
+                if missing.is_empty() {
+                    return Ok(out);
+                }
+                missing
+            };
+            for (run, root) in missing {
+                let got = EntryIndex::fetch(self.views.as_ref(), run, root).map_err(damaged)?;
+                lock()?.index.cache(run, got);
+            }
+        }
+        let r = lock()?;
+        let nodes = Nodes::fetching(&r.index, self.views.as_ref());
+        let out = f(&r, &nodes);
+        match nodes.failure() {
+            Some(e) => Err(damaged(e)),
+            None => Ok(out),
+        }
+    }
+}
+
+/// The entry index the views hold for the first `from.entries` entries: the run roots (`xr/`)
+/// and, from the last entry index block, the entries after the last complete run. Or why the
+/// views do not add up (they are then rebuilt from the log).
+fn load_index(views: &dyn ViewStore, from: &Position) -> Result<EntryIndex, String> {
+    use views::{BLOCK, ROOTS_PER_KEY, RUN};
+    let n = from.entries;
+    let runs = n / RUN;
+    let keys = views.scan_prefix(b"xr/").map_err(|e| e.to_string())?;
+    let mut roots = Vec::with_capacity(runs as usize);
+    for (k, (name, value)) in (0u64..).zip(&keys) {
+        let r = views::decode_run_roots(name, value).map_err(|e| e.to_string())?;
+        let full = k + 1 < keys.len() as u64;
+        if *name != key::run_roots(k) || (full && r.len() as u64 != ROOTS_PER_KEY) {
+            return Err(format!(
+                "run roots: {} is out of place",
+                views::packed_name(name)
+            ));
+        }
+        roots.extend(r);
+    }
+    if roots.len() as u64 != runs {
+        return Err(format!(
+            "the views hold {} run roots; their position says {n} entries ({runs} runs)",
+            roots.len()
+        ));
+    }
+    let last = n - 1;
+    let name = key::entry_block(last / BLOCK);
+    let bytes = views
+        .get(&name)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let entries = views::decode_entry_block(&name, &bytes).map_err(|e| e.to_string())?;
+    if entries.len() as u64 != last % BLOCK + 1 {
+        return Err(format!(
+            "entry index block {} holds {} entries; the views' position says {}",
+            last / BLOCK,
+            entries.len(),
+            last % BLOCK + 1
+        ));
+    }
+    let beyond = views
+        .get(&key::entry_block(last / BLOCK + 1))
+        .map_err(|e| e.to_string())?;
+    if beyond.is_some() {
+        return Err("the entry index runs past the views' position".into());
+    }
+    if entries.last().map(|e| e.leaf_hash) != Some(from.last_hash) {
+        return Err("entry index does not end at the recorded position".into());
+    }
+    let skip = (runs * RUN).saturating_sub(last / BLOCK * BLOCK) as usize;
+    Ok(EntryIndex::from_views(
+        &roots,
+        &entries[skip.min(entries.len())..],
+    ))
 }
 
 /// A handle to an open ledger; cheap to clone.
@@ -268,7 +365,7 @@ fn persist_checkpoint(path: &Path, note: &str) -> Result<(), Refusal> {
 fn load_witnessed(
     path: &Path,
     ledger: &crate::checkpoint::NoteVerifier,
-    tree: &MemoryTree<Blake3Hasher>,
+    tree: &Nodes<'_>,
 ) -> Option<(String, u64)> {
     let note = std::fs::read_to_string(path).ok()?;
     match crate::checkpoint::open_checkpoint(&note, ledger) {
@@ -368,8 +465,7 @@ impl Ledger {
             Some(b) => views::decode(META_POSITION, &b)?,
             None => Position::START,
         };
-        let mut tree = MemoryTree::<Blake3Hasher>::new();
-        let mut locations = Vec::new();
+        let mut index = EntryIndex::new();
         let mut last_time_ms = 0;
         let format: Option<u32> = match views.get(views::META_FORMAT)? {
             Some(b) => views::decode(views::META_FORMAT, &b).ok(),
@@ -381,44 +477,17 @@ impl Ledger {
                 format.map_or("1".to_string(), |f| f.to_string()),
                 views::VIEW_FORMAT
             ));
-        } else if from.entries > 0 {
-            let blocks = views.scan_prefix(b"x/")?;
-            let mut consistent = true;
-            for (b, (k, v)) in blocks.iter().enumerate() {
-                let Ok(block) = views::decode_entry_block(k, v) else {
-                    consistent = false;
-                    break;
-                };
-                let full = b + 1 < blocks.len();
-                if *k != key::entry_block(b as u64) || (full && block.len() as u64 != views::BLOCK)
-                {
-                    consistent = false;
-                    break;
-                }
-                for e in block {
-                    tree.push(e.leaf_hash);
-                    locations.push(e.location);
-                }
-            }
-            if consistent && tree.size() == from.entries {
-                if tree.leaf(from.entries - 1) != Some(from.last_hash) {
-                    report.views_rebuild_reason =
-                        Some("entry index does not end at the recorded position".into());
-                }
-            } else {
-                report.views_rebuild_reason = Some(format!(
-                    "entry index holds {} entries, position says {}",
-                    tree.size(),
-                    from.entries
-                ));
+        } else if from.entries > 0 && report.views_rebuild_reason.is_none() {
+            match load_index(views.as_ref(), &from) {
+                Ok(ix) => index = ix,
+                Err(why) => report.views_rebuild_reason = Some(why),
             }
         }
         if report.views_rebuild_reason.is_some() {
             views.clear()?;
             report.views_rebuilt = true;
             from = Position::START;
-            tree = MemoryTree::new();
-            locations.clear();
+            index = EntryIndex::new();
         }
         // Scan the log from there, replaying each entry into the views.
         let genesis_existing: Option<GenesisView> = match views.get(META_GENESIS)? {
@@ -431,8 +500,7 @@ impl Ledger {
             genesis: genesis_existing,
             pending: Views::new(views.as_ref()),
             entries: Vec::new(),
-            tree: &mut tree,
-            locations: &mut locations,
+            index: &mut index,
             last_time_ms: &mut last_time_ms,
             replayed: 0,
             progress,
@@ -453,7 +521,11 @@ impl Ledger {
         report.replayed = replay.replayed;
         let mut genesis = replay.genesis.take();
         report.torn_bytes_cut = recovery.torn_bytes_cut;
-        if let Some(&last) = locations.last() {
+        if let Some(last) = index
+            .size()
+            .checked_sub(1)
+            .and_then(|i| Nodes::fetching(&index, views.as_ref()).location(i))
+        {
             let (bytes, _) = log.reader().read(last).map_err(Refusal::from)?;
             last_time_ms = Leaf::decode(&bytes)
                 .map_err(|e| Refusal::new(Code::DataLoss, format!("last entry: {e}")))?
@@ -466,7 +538,7 @@ impl Ledger {
             last_time: 0,
         };
         let cp_path = cfg.data_dir.join(CHECKPOINT_FILE);
-        if tree.size() == 0 && cp_path.exists() {
+        if index.size() == 0 && cp_path.exists() {
             // Never write a new Genesis where a ledger has already signed checkpoints.
             return Err(Refusal::new(
                 Code::DataLoss,
@@ -476,13 +548,12 @@ impl Ledger {
                 ),
             ));
         }
-        if tree.size() == 0 {
+        if index.size() == 0 {
             genesis = Some(write_genesis(
                 &cfg,
                 &mut writer,
                 views.as_ref(),
-                &mut tree,
-                &mut locations,
+                &mut index,
                 &mut last_time_ms,
             )?);
         }
@@ -513,26 +584,39 @@ impl Ledger {
                     .map_err(|e| {
                         Refusal::new(Code::DataLoss, format!("{}: {e}", cp_path.display()))
                     })?;
-            let root = merkle::root_at::<Blake3Hasher, _>(&tree, last.size);
-            if last.size > tree.size() || root != Some(last.root) {
+            let root = merkle::root_at::<Blake3Hasher, _>(
+                &Nodes::fetching(&index, views.as_ref()),
+                last.size,
+            );
+            if last.size > index.size() || root != Some(last.root) {
+                if !report.views_rebuilt && last.size <= index.size() {
+                    // The log may be sound and the run roots or entry index in the views
+                    // damaged: rebuild the views from the log and look again.
+                    drop(writer);
+                    report.views_rebuild_reason = Some(format!(
+                        "the tree from the views does not match the kept checkpoint of size {}",
+                        last.size
+                    ));
+                    return Self::open_inner(cfg, views, report, lock, progress);
+                }
                 return Err(Refusal::new(
                     Code::DataLoss,
                     format!(
                         "this ledger signed a checkpoint of size {} that the log ({} entries) no longer matches; refusing to sign an inconsistent one",
                         last.size,
-                        tree.size()
+                        index.size()
                     ),
                 ));
             }
         }
         let note_signer = NoteSigner::new(&genesis.origin, cfg.ledger_key.clone())
             .map_err(|e| Refusal::invalid(format!("origin: {e}")))?;
-        let size = tree.size();
+        let size = index.size();
         let checkpoint = sign_checkpoint(
             &Checkpoint {
                 origin: genesis.origin.clone(),
                 size,
-                root: tree.root(),
+                root: index.root(),
                 extensions: vec![],
             },
             &note_signer,
@@ -540,10 +624,16 @@ impl Ledger {
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
         persist_checkpoint(&cp_path, &checkpoint)?;
         let witnessed_path = cfg.data_dir.join(WITNESSED_FILE);
-        let witnessed = load_witnessed(&witnessed_path, &note_signer.verifier(), &tree);
+        let witnessed = load_witnessed(
+            &witnessed_path,
+            &note_signer.verifier(),
+            &Nodes::fetching(&index, views.as_ref()),
+        );
         report.entries = size;
         writer.next = size;
-        writer.prev_hash = tree.leaf(size.saturating_sub(1)).unwrap_or([0; 32]);
+        writer.prev_hash = Nodes::fetching(&index, views.as_ref())
+            .leaf(size.saturating_sub(1))
+            .unwrap_or([0; 32]);
         writer.last_time = last_time_ms;
         let (size_tx, _) = watch::channel(size);
         let shared = Arc::new(Shared {
@@ -554,8 +644,7 @@ impl Ledger {
             views,
             reader: writer.log.reader(),
             read: RwLock::new(ReadState {
-                tree,
-                locations,
+                index,
                 checkpoint,
                 checkpoint_size: size,
                 last_time_ms,
@@ -840,15 +929,14 @@ impl Ledger {
 
     /// Leaf hashes of durable entries, under one lock.
     pub fn leaf_hashes(&self, indices: &[u64]) -> Vec<Option<Hash>> {
-        match self.shared.read.read() {
-            Ok(r) => indices.iter().map(|i| r.tree.leaf(*i)).collect(),
-            Err(_) => vec![None; indices.len()],
-        }
+        self.shared
+            .indexed(|_, n| indices.iter().map(|i| n.leaf(*i)).collect())
+            .unwrap_or_else(|_| vec![None; indices.len()])
     }
 
     /// Leaf hash of a durable entry.
     pub fn leaf_hash(&self, index: u64) -> Option<Hash> {
-        self.shared.read.read().ok()?.tree.leaf(index)
+        self.shared.indexed(|_, n| n.leaf(index)).ok().flatten()
     }
 
     /// Writes the views held in memory through to the view store (they reach it in the
@@ -859,7 +947,7 @@ impl Ledger {
 
     /// Number of entries durable in the log.
     pub fn size(&self) -> u64 {
-        self.shared.read.read().map(|r| r.tree.size()).unwrap_or(0)
+        self.shared.read.read().map(|r| r.index.size()).unwrap_or(0)
     }
 
     /// A watch on the log size (for `WatchEntries`).
@@ -870,13 +958,15 @@ impl Ledger {
     /// The latest signed checkpoint: (note, size, root).
     pub fn checkpoint(&self) -> Result<(String, u64, Hash), Refusal> {
         let r = self.read()?;
-        Ok((r.checkpoint.clone(), r.checkpoint_size, r.tree.root()))
+        Ok((r.checkpoint.clone(), r.checkpoint_size, r.index.root()))
     }
 
     /// The Merkle root of the first `size` entries, if the log has that many.
     pub fn root_at(&self, size: u64) -> Option<Hash> {
-        let r = self.read().ok()?;
-        merkle::root_at::<Blake3Hasher, _>(&r.tree, size)
+        self.shared
+            .indexed(|_, n| merkle::root_at::<Blake3Hasher, _>(n, size))
+            .ok()
+            .flatten()
     }
 
     /// Bytes of records waiting for the writer (what backpressure counts).
@@ -897,8 +987,10 @@ impl Ledger {
         let (cp, _) = crate::checkpoint::open_checkpoint(note, &self.shared.note_signer.verifier())
             .map_err(|e| Refusal::invalid(format!("witnessed checkpoint: {e}")))?;
         {
-            let r = self.read()?;
-            if merkle::root_at::<Blake3Hasher, _>(&r.tree, cp.size) != Some(cp.root) {
+            let root = self
+                .shared
+                .indexed(|_, n| merkle::root_at::<Blake3Hasher, _>(n, cp.size))?;
+            if root != Some(cp.root) {
                 return Err(Refusal::invalid(format!(
                     "witnessed checkpoint: size {} does not match this log",
                     cp.size
@@ -927,15 +1019,14 @@ impl Ledger {
 
     /// The leaf bytes and hash of entry `index`.
     pub fn entry(&self, index: u64) -> Result<(Vec<u8>, Hash), Refusal> {
-        let loc = {
-            let r = self.read()?;
-            *r.locations.get(index as usize).ok_or_else(|| {
+        let loc = self.shared.indexed(|r, n| {
+            n.location(index).ok_or_else(|| {
                 Refusal::not_found(format!(
                     "index: entry {index} does not exist (the log has {} entries)",
-                    r.tree.size()
+                    r.index.size()
                 ))
-            })?
-        };
+            })
+        })??;
         self.shared.reader.read(loc).map_err(Refusal::from)
     }
 
@@ -943,10 +1034,10 @@ impl Ledger {
         if size == 0 {
             return Ok(r.checkpoint_size);
         }
-        if size > r.tree.size() {
+        if size > r.index.size() {
             return Err(Refusal::out_of_range(format!(
                 "tree_size: {size} exceeds the log size {}",
-                r.tree.size()
+                r.index.size()
             )));
         }
         Ok(size)
@@ -958,34 +1049,35 @@ impl Ledger {
         index: u64,
         tree_size: u64,
     ) -> Result<(u64, Hash, Vec<Hash>), Refusal> {
-        let r = self.read()?;
-        let size = Self::size_or_latest(&r, tree_size)?;
-        if index >= size {
-            return Err(Refusal::out_of_range(format!(
-                "index: {index} is not below tree_size {size}"
-            )));
-        }
-        let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size)
-            .map_err(|e| Refusal::internal(e.to_string()))?;
-        let leaf = r
-            .tree
-            .leaf(index)
-            .ok_or_else(|| Refusal::internal("leaf missing".into()))?;
-        Ok((size, leaf, proof))
+        self.shared.indexed(|r, n| {
+            let size = Self::size_or_latest(r, tree_size)?;
+            if index >= size {
+                return Err(Refusal::out_of_range(format!(
+                    "index: {index} is not below tree_size {size}"
+                )));
+            }
+            let proof = merkle::inclusion_proof::<Blake3Hasher, _>(n, index, size)
+                .map_err(|e| Refusal::internal(e.to_string()))?;
+            let leaf = n
+                .leaf(index)
+                .ok_or_else(|| Refusal::internal("leaf missing".into()))?;
+            Ok((size, leaf, proof))
+        })?
     }
 
     /// Consistency proof from `from` to `to` (0 = latest checkpoint).
     pub fn consistency_proof(&self, from: u64, to: u64) -> Result<(u64, Vec<Hash>), Refusal> {
-        let r = self.read()?;
-        let to = Self::size_or_latest(&r, to)?;
-        if from == 0 || from > to {
-            return Err(Refusal::out_of_range(format!(
-                "from_size: must be in 1..={to} (a proof from the empty tree is meaningless)"
-            )));
-        }
-        let proof = merkle::consistency_proof::<Blake3Hasher, _>(&r.tree, from, to)
-            .map_err(|e| Refusal::internal(e.to_string()))?;
-        Ok((to, proof))
+        self.shared.indexed(|r, n| {
+            let to = Self::size_or_latest(r, to)?;
+            if from == 0 || from > to {
+                return Err(Refusal::out_of_range(format!(
+                    "from_size: must be in 1..={to} (a proof from the empty tree is meaningless)"
+                )));
+            }
+            let proof = merkle::consistency_proof::<Blake3Hasher, _>(n, from, to)
+                .map_err(|e| Refusal::internal(e.to_string()))?;
+            Ok((to, proof))
+        })?
     }
 
     /// Where a key's chain stands.
@@ -1064,8 +1156,7 @@ struct Replay<'a> {
     pending: Views<'a>,
     /// Entry index records since the last flush.
     entries: Vec<EntryView>,
-    tree: &'a mut MemoryTree<Blake3Hasher>,
-    locations: &'a mut Vec<Location>,
+    index: &'a mut EntryIndex,
     last_time_ms: &'a mut u64,
     replayed: u64,
     /// Entries replayed so far, for a progress display (updated every 1,024).
@@ -1116,12 +1207,12 @@ impl Replay<'_> {
                 .genesis
                 .clone()
                 .ok_or_else(|| dl("no genesis before it".into()))?;
-            let leaf_hash = |i: u64| self.tree.leaf(i);
-            let (locations, reader) = (&*self.locations, &self.reader);
+            // Runs the views do not hold yet are in memory (`EntryIndex::views_hold`).
+            let (index_so_far, views, reader) = (&*self.index, self.views, &self.reader);
+            let leaf_hash = |i: u64| Nodes::fetching(index_so_far, views).leaf(i);
             let leaf_of = |i: u64| -> Result<Leaf, Refusal> {
-                let loc = locations
-                    .get(i as usize)
-                    .copied()
+                let loc = Nodes::fetching(index_so_far, views)
+                    .location(i)
                     .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
                 Leaf::decode(&reader.read(loc)?.0)
                     .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
@@ -1159,8 +1250,7 @@ impl Replay<'_> {
             location,
             leaf_hash: hash,
         });
-        self.tree.push(hash);
-        self.locations.push(location);
+        self.index.push(hash, location);
         *self.last_time_ms = leaf.integrated_time_ms;
         self.replayed += 1;
         if let Some(p) = self.progress.filter(|_| self.replayed.is_multiple_of(1024)) {
@@ -1188,6 +1278,7 @@ impl Replay<'_> {
         if pending.is_dirty() {
             self.views.apply(pending.into_batch(pos))?;
         }
+        self.index.views_hold(pos.entries);
         Ok(())
     }
 }
@@ -1240,8 +1331,7 @@ fn write_genesis(
     cfg: &Config,
     w: &mut Writer,
     views: &dyn ViewStore,
-    tree: &mut MemoryTree<Blake3Hasher>,
-    locations: &mut Vec<Location>,
+    index: &mut EntryIndex,
     last_time_ms: &mut u64,
 ) -> Result<GenesisView, Refusal> {
     if cfg.origin.is_empty() || cfg.origin.contains(char::is_whitespace) || cfg.origin.contains('+')
@@ -1301,8 +1391,8 @@ fn write_genesis(
         .get(META_GENESIS)?
         .ok_or_else(|| Refusal::internal("genesis view".into()))?;
     views.apply(v.into_batch(&w.log.end()))?;
-    tree.push(hash);
-    locations.push(locs[0]);
+    index.push(hash, locs[0]);
+    index.views_hold(1);
     *last_time_ms = t;
     tracing::info!(origin = %cfg.origin, ledger_key = %id, "wrote genesis");
     Ok(genesis)
@@ -1622,8 +1712,7 @@ fn run_scrub(shared: std::sync::Weak<Shared>, dir: PathBuf, upto: Position) {
     // Stops (as a mismatch nobody will see) once the ledger is gone.
     let result = SegmentLog::scrub(&dir, &upto, |i| {
         let s = shared.upgrade()?;
-        let r = s.read.read().ok()?;
-        r.tree.leaf(i)
+        s.indexed(|_, n| n.leaf(i)).ok().flatten()
     });
     let Some(shared) = shared.upgrade() else {
         return;
@@ -1662,6 +1751,8 @@ struct Syncer {
     /// When the kept checkpoint file was last replaced, and whether a newer note exists.
     kept_at: Option<std::time::Instant>,
     kept_stale: bool,
+    /// Entries whose view changes (and entry index) the views hold.
+    views_size: u64,
 }
 
 /// Makes staged groups durable — everything queued at once, with one `fdatasync` — then
@@ -1670,6 +1761,7 @@ fn run_syncer(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<ToSync>) {
     let mut s = Syncer {
         kept_at: None,
         kept_stale: false,
+        views_size: shared.read.read().map_or(0, |r| r.index.size()),
     };
     let mut close = None;
     while let Ok(first) = rx.recv() {
@@ -1746,10 +1838,10 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
         // always prove it.
         let mut new_size = None;
         if let Ok(mut r) = shared.read.write() {
+            r.index.views_hold(s.views_size);
             for g in &written {
                 for (p, loc) in g.leaves.iter().zip(&g.locations) {
-                    r.tree.push(p.hash);
-                    r.locations.push(*loc);
+                    r.index.push(p.hash, *loc);
                 }
             }
             if let Some(t) = batch
@@ -1760,12 +1852,12 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
             {
                 r.last_time_ms = r.last_time_ms.max(t);
             }
-            let size = r.tree.size();
+            let size = r.index.size();
             match sign_checkpoint(
                 &Checkpoint {
                     origin: shared.genesis.origin.clone(),
                     size,
-                    root: r.tree.root(),
+                    root: r.index.root(),
                     extensions: vec![],
                 },
                 &shared.note_signer,
@@ -1793,6 +1885,7 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
             drop(r);
             new_size = Some(size);
         }
+        let mut applied = true;
         for g in &written {
             let changes: crate::store::ViewBatch = g
                 .overlay
@@ -1802,11 +1895,15 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
             if let Err(e) = shared.views.apply(changes) {
                 // Entries are durable but the views missed them: refuse further writes
                 // until a restart replays the tail into the views.
+                applied = false;
                 poison(
                     shared,
                     format!("view store failed after a durable append: {e}"),
                 );
             }
+        }
+        if let (Some(size), true) = (new_size, applied) {
+            s.views_size = size;
         }
         if let Some(size) = new_size {
             // send_replace: `send` would drop the value while nobody is watching.
@@ -1868,12 +1965,13 @@ fn receipt(
     duplicate: bool,
     leaf: Option<&Leaf>,
 ) -> Result<Receipt, Refusal> {
+    // The sync thread reads runs in place: it is the only thread that waits for the write lock.
+    let nodes = Nodes::fetching(&r.index, shared.views.as_ref());
     let (integrated_time_ms, prev_leaf_hash) = match leaf {
         Some(l) => (l.integrated_time_ms, l.prev_leaf_hash),
         None => {
-            let loc = *r
-                .locations
-                .get(index as usize)
+            let loc = nodes
+                .location(index)
                 .ok_or_else(|| Refusal::internal("location".into()))?;
             let (bytes, _) = shared.reader.read(loc)?;
             let l = Leaf::decode(&bytes)
@@ -1882,12 +1980,11 @@ fn receipt(
         }
     };
     let size = r.checkpoint_size;
-    let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&r.tree, index, size)
+    let proof = merkle::inclusion_proof::<Blake3Hasher, _>(&nodes, index, size)
         .map_err(|e| Refusal::internal(e.to_string()))?;
     Ok(Receipt {
         index,
-        leaf_hash: r
-            .tree
+        leaf_hash: nodes
             .leaf(index)
             .ok_or_else(|| Refusal::internal("leaf".into()))?,
         integrated_time_ms,
@@ -1936,12 +2033,7 @@ fn leaf_at(shared: &Shared, g: &GroupCtx<'_>, i: u64) -> Result<Leaf, Refusal> {
         return Ok(p.leaf.clone());
     }
     let loc = shared
-        .read
-        .read()
-        .map_err(|_| Refusal::internal("read state".into()))?
-        .locations
-        .get(i as usize)
-        .copied()
+        .indexed(|_, n| n.location(i))?
         .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
     Leaf::decode(&shared.reader.read(loc)?.0)
         .map_err(|e| Refusal::new(Code::DataLoss, format!("entry {i}: {e}")))
@@ -2050,7 +2142,7 @@ fn admit(
         if i >= g.durable_end() {
             g.not_durable(i).map(|p| p.hash)
         } else {
-            shared.read.read().ok()?.tree.leaf(i)
+            shared.indexed(|_, n| n.leaf(i)).ok().flatten()
         }
     };
     let leaf_of = |i: u64| leaf_at(shared, g, i);

@@ -21,8 +21,9 @@ pub const META_FORMAT: &[u8] = b"meta/format";
 /// The views' format: 2 = entry index blocks of fixed-width entries; 3 = permits, shipments
 /// that name the permits they drew on.
 /// 6 = a signer's head carries its current seq-index block; a lot's view, its first holding's
-/// totals; a produce has no `po/` until corrected.
-pub const VIEW_FORMAT: u32 = 6;
+/// totals; a produce has no `po/` until corrected. 7 = the roots of the tree's 32-leaf runs
+/// (`xr/`).
+pub const VIEW_FORMAT: u32 = 7;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -571,6 +572,34 @@ pub fn decode_entry_block(key: &[u8], bytes: &[u8]) -> Result<Vec<EntryView>, St
         .collect())
 }
 
+/// A packed index key (a prefix, then a big-endian `u64`) as text: `x/12`.
+pub fn packed_name(k: &[u8]) -> String {
+    let (prefix, n) = k.split_at(k.len().saturating_sub(8));
+    match <[u8; 8]>::try_from(n) {
+        Ok(n) => format!(
+            "{}{}",
+            String::from_utf8_lossy(prefix),
+            u64::from_be_bytes(n)
+        ),
+        Err(_) => String::from_utf8_lossy(k).into_owned(),
+    }
+}
+
+/// The run roots of an `xr/` key (see [`key::run_roots`]).
+pub fn decode_run_roots(key: &[u8], bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+    if !bytes.len().is_multiple_of(32) || bytes.len() / 32 > ROOTS_PER_KEY as usize {
+        return Err(StoreError::Views(format!(
+            "run roots {} hold {} bytes, not whole roots",
+            packed_name(key),
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32 bytes"))
+        .collect())
+}
+
 /// A holding: enterprise × site × substance × lot.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Holding<'a> {
@@ -616,6 +645,16 @@ fn timed(mut k: Vec<u8>, at_ms: u64, entry: u64) -> Vec<u8> {
 /// so a record costs the view store no write of its own for them; blocks are fixed by index, so
 /// a reindex writes exactly the same keys and values.
 pub const BLOCK: u64 = 256;
+
+/// The Merkle tree's leaves are grouped in aligned runs of this many (`2^RUN_LEVEL`): the
+/// root of each complete run is kept in the views (`xr/`, [`ROOTS_PER_KEY`] to a key,
+/// appended in place), so a ledger reopens holding only the tree above the runs and computes
+/// a run's inner nodes from its leaf hashes in the entry index when a proof needs them.
+pub const RUN_LEVEL: u32 = 5;
+/// Leaves per run.
+pub const RUN: u64 = 1 << RUN_LEVEL;
+/// Run roots per `xr/` key.
+pub const ROOTS_PER_KEY: u64 = 256;
 
 /// View keys. Strings are NUL-terminated (ingest refuses NUL in identifiers).
 pub mod key {
@@ -774,6 +813,10 @@ pub mod key {
     /// Locations and leaf hashes of entries `[block * BLOCK, (block + 1) * BLOCK)`.
     pub fn entry_block(block: u64) -> Vec<u8> {
         [b"x/".as_slice(), &block.to_be_bytes()].concat()
+    }
+    /// Roots of the runs `[k * ROOTS_PER_KEY, (k + 1) * ROOTS_PER_KEY)`, 32 bytes each.
+    pub fn run_roots(k: u64) -> Vec<u8> {
+        [b"xr/".as_slice(), &k.to_be_bytes()].concat()
     }
 }
 
@@ -958,28 +1001,57 @@ impl<'s> Views<'s> {
     }
 
     /// Records entries `first..first + entries.len()` (appended in order). A block is its
-    /// entries at [`EntryView::WIDTH`] bytes each, appended in place.
+    /// entries at [`EntryView::WIDTH`] bytes each, appended in place; each run the entries
+    /// complete appends its root to its `xr/` key.
     pub fn push_entries(&mut self, first: u64, entries: &[EntryView]) -> Result<(), StoreError> {
         for (i, e) in entries.iter().enumerate() {
             let index = first + i as u64;
             let k = key::entry_block(index / BLOCK);
-            if !self.top().contains_key(&k) {
-                let current = self.raw_get(&k)?.unwrap_or_default();
-                self.top().insert(k.clone(), Some(current));
-            }
             let want = (index % BLOCK) as usize * EntryView::WIDTH;
-            match self.top().get_mut(&k) {
-                Some(Some(block)) if block.len() == want => e.encode_into(block),
-                other => {
-                    return Err(StoreError::Views(format!(
-                        "entry index block {} holds {} bytes, entry {index} does not follow",
-                        index / BLOCK,
-                        other.and_then(|b| b.as_ref().map(Vec::len)).unwrap_or(0)
-                    )))
-                }
+            let block = self.append_in_place(k, want, |b| e.encode_into(b))?;
+            if (index + 1).is_multiple_of(RUN) {
+                let run = index / RUN;
+                let start = block.len() - RUN as usize * EntryView::WIDTH;
+                let leaves: Vec<[u8; 32]> = block[start..]
+                    .chunks_exact(EntryView::WIDTH)
+                    .map(|c| EntryView::decode(c).leaf_hash)
+                    .collect();
+                let root = crate::merkle::root_from_leaves::<crate::merkle::Blake3Hasher>(&leaves);
+                let want = (run % ROOTS_PER_KEY) as usize * 32;
+                self.append_in_place(key::run_roots(run / ROOTS_PER_KEY), want, |b| {
+                    b.extend_from_slice(&root)
+                })?;
             }
         }
         Ok(())
+    }
+
+    /// Appends to the packed value at `k`, which must hold exactly `want` bytes; returns the
+    /// value after.
+    fn append_in_place(
+        &mut self,
+        k: Vec<u8>,
+        want: usize,
+        append: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<&Vec<u8>, StoreError> {
+        if !self.top().contains_key(&k) {
+            let current = self.raw_get(&k)?.unwrap_or_default();
+            self.top().insert(k.clone(), Some(current));
+        }
+        let held = match self.top().get(&k) {
+            Some(Some(value)) => value.len(),
+            _ => 0,
+        };
+        match self.top().get_mut(&k) {
+            Some(Some(value)) if held == want => {
+                append(value);
+                Ok(value)
+            }
+            _ => Err(StoreError::Views(format!(
+                "packed index {} holds {held} bytes, {want} expected: the next entry does not follow",
+                packed_name(&k)
+            ))),
+        }
     }
 
     /// A lot holding's running totals.

@@ -287,6 +287,7 @@ impl SledViews {
     fn open_once(dir: &Path) -> Result<SledViews, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(SLED_CACHE_BYTES)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
             .open()
@@ -295,6 +296,11 @@ impl SledViews {
         Ok(SledViews { db, tree })
     }
 }
+
+/// sled's page cache. Its default (1 GiB, which it overshoots) alone broke the ledger's memory
+/// budget at 10 M entries; the pages it drops stay in the kernel's page cache, and the hot
+/// views are cached above it (the write-back layer's LRU).
+pub const SLED_CACHE_BYTES: u64 = 256 << 20;
 
 /// Whether sled refused because another `Db` holds its lock (not damage).
 pub fn is_lock_error(e: &StoreError) -> bool {

@@ -65,6 +65,15 @@ impl ReadCache {
     }
 }
 
+/// Values longer than this are not cached: the packed indexes (entry index blocks, run
+/// roots) are read whole by the ledger's entry index, which keeps what it decoded itself, and
+/// a count-bounded cache of them would hold hundreds of MB.
+const CACHE_MAX_VALUE: usize = 4096;
+
+fn cacheable(v: &Option<Vec<u8>>) -> bool {
+    v.as_ref().is_none_or(|v| v.len() <= CACHE_MAX_VALUE)
+}
+
 /// Reads `key` from `inner` through `cache`. The caller has already looked in the layers; the
 /// generation it saw then (`seen`) decides whether what the store answers may be cached.
 fn cached_get(
@@ -78,7 +87,7 @@ fn cached_get(
     }
     let v = inner.get(key)?;
     let mut c = cache.lock();
-    if c.generation == seen {
+    if c.generation == seen && cacheable(&v) {
         c.map.put(key.to_vec(), v.clone());
     }
     Ok(v)
@@ -192,7 +201,7 @@ impl Flusher {
             let mut c = self.cache.lock();
             c.generation += 1;
             for (k, v) in batch.iter() {
-                if res.is_ok() {
+                if res.is_ok() && cacheable(v) {
                     if let Some(cached) = c.map.peek_mut(k) {
                         cached.clone_from(v);
                     }

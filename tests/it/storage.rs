@@ -410,3 +410,107 @@ async fn views_in_another_format_are_rebuilt_from_the_log() {
 }
 
 mod tamper;
+
+/// A ledger with a few hundred entries (several 32-leaf runs, more than one entry index
+/// block), closed; returns its size.
+async fn several_runs(dir: &Path) -> u64 {
+    let s = Server::start_in(dir).await;
+    let mut c = s.client().await;
+    let mut w = World::setup(&mut c).await;
+    for i in 0..300 {
+        let lot = format!("RUN-{i}");
+        submit(
+            &mut c,
+            w.p.sign(produce("plant-1", EPHEDRINE, &lot, 1_000 + i), now()),
+        )
+        .await
+        .unwrap();
+    }
+    let n = s.ledger.size();
+    assert!(n > 300, "{n}");
+    shut(s).await;
+    n
+}
+
+/// Flips one bit of the view `key` in the closed ledger's view store.
+fn flip_view(dir: &Path, key: &[u8], at: usize) {
+    use taizhang::store::ViewStore;
+    let v = taizhang::store::SledViews::open(&dir.join("views")).unwrap();
+    let mut value = v.get(key).unwrap().expect("the view exists");
+    value[at] ^= 0x01;
+    v.apply(vec![(key.to_vec(), Some(value))]).unwrap();
+    v.flush().unwrap();
+}
+
+/// Checks entry `i`'s inclusion proof against the ledger's latest checkpoint.
+fn proves(l: &Ledger, i: u64) -> Result<(), taizhang::ledger::Refusal> {
+    let (_, _, root) = l.checkpoint()?;
+    let (size, leaf, proof) = l.inclusion_proof(i, l.size())?;
+    taizhang::merkle::verify_inclusion::<taizhang::merkle::Blake3Hasher, _>(
+        i, size, &leaf, &proof, &root,
+    )
+    .map_err(|e| taizhang::ledger::Refusal::internal(e.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_run_roots_in_the_views_are_rebuilt_from_the_log() {
+    use taizhang::ledger::views::key;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let n = several_runs(&dir).await;
+    let views = open_again(&dir).unwrap().0.dump_views().unwrap();
+    // The root of run 2 (entries 64..96), as the views keep it.
+    flip_view(&dir, &key::run_roots(0), 2 * 32 + 5);
+    let (l, report) = open_again(&dir).unwrap();
+    assert!(report.views_rebuilt, "{report:?}");
+    let why = report.views_rebuild_reason.unwrap_or_default();
+    assert!(why.contains("kept checkpoint"), "{why}");
+    assert_eq!(report.replayed, n);
+    assert_eq!(l.dump_views().unwrap(), views);
+    for i in [0, 70, n / 2, n - 1] {
+        proves(&l, i).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_entry_index_block_is_data_loss_never_a_wrong_proof() {
+    use taizhang::ledger::views::{key, EntryView};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let n = several_runs(&dir).await;
+    // Entry 40's leaf hash (run 1) in the first entry index block.
+    flip_view(&dir, &key::entry_block(0), 40 * EntryView::WIDTH + 30);
+    let (l, _) = open_again(&dir).unwrap();
+    let e = proves(&l, 40).unwrap_err();
+    assert_eq!(e.code, Code::DataLoss, "{e}");
+    assert!(
+        e.message.contains("run 1") && e.message.contains("reindex"),
+        "{e}"
+    );
+    assert!(
+        l.entry(40).is_err(),
+        "no location is served from the damaged run"
+    );
+    // The other runs are sound and still proved.
+    for i in [0, 31, 64, n - 1] {
+        proves(&l, i).unwrap();
+    }
+    // The background scrub finds it too.
+    let failed = loop {
+        match l.scrub() {
+            taizhang::ledger::Scrub::Running => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            s => break s,
+        }
+    };
+    assert!(
+        matches!(failed, taizhang::ledger::Scrub::Failed(_)),
+        "{failed:?}"
+    );
+    l.close().await;
+    drop(l);
+    taizhang::ledger::reindex(config(&dir)).unwrap();
+    let (l, _) = open_again(&dir).unwrap();
+    proves(&l, 40).unwrap();
+}
