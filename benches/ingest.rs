@@ -475,6 +475,31 @@ async fn run(n: usize) {
         status_kib("VmRSS:") >> 10,
         status_kib("VmHWM:") >> 10
     );
+    // Offline verification of everything ingested (`taizhang verify` on an export), against
+    // the 2-thread verify rate around it: signatures are what it checks, so the ratio is per
+    // signature.
+    let (note, _, _) = ledger.checkpoint().expect("checkpoint");
+    let mut export = Vec::new();
+    for i in 0..entries {
+        let (bytes, hash) = ledger.entry(i).expect("entry");
+        export.extend(taizhang::codec::frame(&bytes, &hash));
+    }
+    quiet();
+    let before = raw_verify_rate(2, &msgs);
+    let t = Instant::now();
+    let checked = taizhang::verify::verify_export(&export, &note, &ledger.ledger_public_key())
+        .expect("the export verifies");
+    let secs = t.elapsed().as_secs_f64();
+    let v = bracket(before, raw_verify_rate(2, &msgs));
+    let rate = checked.signatures_checked as f64 / secs;
+    println!(
+        "  offline verify of the export ({} entries, {} MB): {:.0} entries/s, {rate:.0} signatures/s = {:.0}% of 2-thread verify ({v:.0}/s; target ≥ 80 %)",
+        checked.entries,
+        export.len() >> 20,
+        checked.entries as f64 / secs,
+        100.0 * rate / v
+    );
+    drop(export);
     ledger.close().await;
     let (log, views) = (
         dir_bytes(&data_dir.join("log")),

@@ -14,6 +14,7 @@ use crate::merkle::{self, Blake3Hasher, Hash, MemoryTree};
 use crate::pb::record_body::Payload;
 use ed25519_dalek::VerifyingKey;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why verification failed; every variant says where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,6 +269,7 @@ pub fn verify_export_progress(
     };
     let ledger_id = KeyId::of(ledger_key);
     let mut last_time = 0u64;
+    let mut signatures = Vec::with_capacity(SIGNATURES_PER_ROUND);
     scan_frames(data, 0, [0; 32], |index, leaf_bytes, hash| {
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| format!("entry {index}: {e}"))?;
         if leaf.integrated_time_ms < last_time {
@@ -277,8 +279,23 @@ pub fn verify_export_progress(
             ));
         }
         last_time = leaf.integrated_time_ms;
-        check_entry(index, &leaf, &cp.origin, &ledger_id, ledger_key, &mut keys)
-            .map_err(|w| format!("entry {index}: {w}"))?;
+        let checked = check_entry(
+            index,
+            &leaf,
+            &cp.origin,
+            &ledger_id,
+            ledger_key,
+            &mut keys,
+            &mut signatures,
+        );
+        if let Err(w) = checked {
+            // A signature of an earlier entry may be bad too: the first fault wins.
+            check_signatures(&mut signatures)?;
+            return Err(format!("entry {index}: {w}"));
+        }
+        if signatures.len() >= SIGNATURES_PER_ROUND {
+            check_signatures(&mut signatures)?;
+        }
         sigs += 1 + leaf.cosignatures.len() as u64;
         tree.push(hash);
         if tree.size().is_multiple_of(1024) {
@@ -292,6 +309,7 @@ pub fn verify_export_progress(
         }
         Ok(())
     })
+    .and_then(|end| check_signatures(&mut signatures).map(|()| end))
     .map_err(VerifyError::Export)?;
     let Some(root) = root_at_cp else {
         return Err(VerifyError::Export(format!(
@@ -327,6 +345,41 @@ pub fn verify_export_progress(
     })
 }
 
+/// Signatures are checked in rounds of this many, spread over every core; everything else
+/// about an entry is checked in order as it is read.
+const SIGNATURES_PER_ROUND: usize = if cfg!(test) { 8 } else { 4096 };
+
+/// A signature an entry carries, checked later in a round (`check_signatures`).
+struct SignatureCheck {
+    index: u64,
+    key: VerifyingKey,
+    body: Arc<[u8]>,
+    signature: [u8; 64],
+    /// `None` for the signer's signature, else the cosignature's position.
+    cosignature: Option<usize>,
+}
+
+/// Checks the signatures collected so far on every core, then forgets them. The error names
+/// the earliest entry with a bad one.
+fn check_signatures(checks: &mut Vec<SignatureCheck>) -> Result<(), String> {
+    use rayon::prelude::*;
+    let bad = checks
+        .par_iter()
+        .filter_map(|c| {
+            let checked = match c.cosignature {
+                None => crypto::verify_record(&c.key, &c.body, &c.signature),
+                Some(_) => crypto::verify_cosignature(&c.key, &c.body, &c.signature),
+            };
+            checked.err().map(|e| (c.index, c.cosignature, e))
+        })
+        .min_by_key(|(index, cosignature, _)| (*index, cosignature.map_or(0, |i| i + 1)));
+    checks.clear();
+    match bad {
+        None => Ok(()),
+        Some((index, _, e)) => Err(format!("entry {index}: {e}")),
+    }
+}
+
 fn check_entry(
     index: u64,
     leaf: &Leaf,
@@ -334,6 +387,7 @@ fn check_entry(
     ledger_id: &KeyId,
     ledger_key: &VerifyingKey,
     keys: &mut HashMap<KeyId, KeyState>,
+    signatures: &mut Vec<SignatureCheck>,
 ) -> Result<(), String> {
     let body = codec::decode_body(&leaf.body).map_err(|e| e.to_string())?;
     if body.ledger_origin != origin {
@@ -379,10 +433,17 @@ fn check_entry(
             body.signer_seq, st.next_seq
         ));
     }
-    crypto::verify_record(&st.key, &leaf.body, &leaf.signature).map_err(|e| e.to_string())?;
+    let shared_body: Arc<[u8]> = Arc::from(leaf.body.as_slice());
+    signatures.push(SignatureCheck {
+        index,
+        key: st.key,
+        body: shared_body.clone(),
+        signature: leaf.signature,
+        cosignature: None,
+    });
     st.next_seq += 1;
     st.prev = crypto::body_hash(&leaf.body);
-    for c in &leaf.cosignatures {
+    for (i, c) in leaf.cosignatures.iter().enumerate() {
         if c.key_id == signer {
             return Err(format!("signer {signer} cosigns its own record"));
         }
@@ -395,7 +456,13 @@ fn check_entry(
         {
             return Err(format!("cosigner {} was revoked", c.key_id));
         }
-        crypto::verify_cosignature(&ck.key, &leaf.body, &c.signature).map_err(|e| e.to_string())?;
+        signatures.push(SignatureCheck {
+            index,
+            key: ck.key,
+            body: shared_body.clone(),
+            signature: c.signature,
+            cosignature: Some(i),
+        });
     }
     match payload {
         Payload::RegisterAuthority(p) => {
@@ -525,6 +592,48 @@ mod tests {
         let (data, note) = export(&ledger, &recs);
         let r = verify_export(&data, &note, &ledger.verifying_key()).unwrap();
         assert_eq!(r.entries, 3);
+    }
+
+    /// Signatures are checked in rounds, in parallel, after the entry's other checks: the
+    /// error still names the first bad entry, whichever round and fault finds it.
+    #[test]
+    fn the_first_bad_signature_is_named_across_rounds_and_before_a_later_fault() {
+        let (ledger, reg, k) = keys();
+        let (base_recs, _) = base(&ledger, &reg, &[&k]);
+        let n = 5 * SIGNATURES_PER_ROUND as u64;
+        for bad in [3, 9, n - 1] {
+            for later_fault in [false, true] {
+                let mut recs = base_recs.clone();
+                let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+                for i in 0..n {
+                    let mut r = ks.sign(stock_take(), 0);
+                    if i + 2 == bad {
+                        r.signature[7] ^= 1;
+                    }
+                    recs.push((r, 2000 + i));
+                }
+                if later_fault {
+                    // A record out of its signer's chain after the bad one.
+                    let mut other = RecordSigner::new(k.clone(), ORIGIN);
+                    recs.push((other.sign(stock_take(), 0), 9_000_000));
+                }
+                let (data, note) = export(&ledger, &recs);
+                let e = verify_export(&data, &note, &ledger.verifying_key()).unwrap_err();
+                assert!(
+                    e.to_string().contains(&format!("entry {bad}: ")),
+                    "bad {bad}, later fault {later_fault}: {e}"
+                );
+            }
+        }
+        // And with nothing bad, every signature is counted once.
+        let mut recs = base_recs.clone();
+        let mut ks = RecordSigner::new(k.clone(), ORIGIN);
+        for i in 0..n {
+            recs.push((ks.sign(stock_take(), 0), 2000 + i));
+        }
+        let (data, note) = export(&ledger, &recs);
+        let r = verify_export(&data, &note, &ledger.verifying_key()).unwrap();
+        assert_eq!(r.signatures_checked, recs.len() as u64);
     }
 
     fn keys() -> (SigningKey, SigningKey, SigningKey) {

@@ -301,6 +301,8 @@ pub struct OpenReport {
     pub torn_bytes_cut: u64,
     pub views_rebuilt: bool,
     pub views_rebuild_reason: Option<String>,
+    /// Where open spent its time, phase by phase.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// The ledger's clock: milliseconds since the Unix epoch.
@@ -423,6 +425,7 @@ impl Ledger {
             .map_err(|e| Refusal::unavailable(format!("evidence dir: {e}")))?;
         let views_dir = cfg.data_dir.join("views");
         let mut report = OpenReport::default();
+        let started = std::time::Instant::now();
         let sled: Arc<dyn ViewStore + Sync> = match SledViews::open(&views_dir) {
             Ok(v) => Arc::new(v),
             Err(e) if crate::store::is_lock_error(&e) => {
@@ -436,6 +439,9 @@ impl Ledger {
                 Arc::new(SledViews::open(&views_dir).map_err(Refusal::from)?)
             }
         };
+        report
+            .phases
+            .push(("open the view store", started.elapsed()));
         // The writer's view changes land in memory and reach sled in the background.
         let views: Arc<dyn ViewStore + Sync> =
             Arc::new(WriteBack::new(sled, FlushPolicy::default()));
@@ -460,6 +466,11 @@ impl Ledger {
         progress: Option<&AtomicU64>,
     ) -> Result<(Ledger, OpenReport), Refusal> {
         let log_dir = cfg.data_dir.join("log");
+        let mut phase = std::time::Instant::now();
+        let mut lap = |report: &mut OpenReport, name: &'static str| {
+            report.phases.push((name, phase.elapsed()));
+            phase = std::time::Instant::now();
+        };
         // Where do the views stand?
         let mut from: Position = match views.get(META_POSITION)? {
             Some(b) => views::decode(META_POSITION, &b)?,
@@ -489,6 +500,7 @@ impl Ledger {
             from = Position::START;
             index = EntryIndex::new();
         }
+        lap(&mut report, "load the entry index");
         // Scan the log from there, replaying each entry into the views.
         let genesis_existing: Option<GenesisView> = match views.get(META_GENESIS)? {
             Some(b) => Some(views::decode(META_GENESIS, &b)?),
@@ -519,6 +531,7 @@ impl Ledger {
         .map_err(Refusal::from)?;
         replay.flush(&log.end())?;
         report.replayed = replay.replayed;
+        lap(&mut report, "scan the log after the views, replay it");
         let mut genesis = replay.genesis.take();
         report.torn_bytes_cut = recovery.torn_bytes_cut;
         if let Some(last) = index
@@ -623,6 +636,7 @@ impl Ledger {
         )
         .map_err(|e| Refusal::internal(format!("signing checkpoint: {e}")))?;
         persist_checkpoint(&cp_path, &checkpoint)?;
+        lap(&mut report, "check the kept checkpoint, sign one");
         let witnessed_path = cfg.data_dir.join(WITNESSED_FILE);
         let witnessed = load_witnessed(
             &witnessed_path,
