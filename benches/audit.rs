@@ -599,8 +599,17 @@ async fn storage_figures(
     );
     let _ = stop.send(());
     let _ = server.await;
+    let t = Instant::now();
     ledger.close().await;
     drop(ledger);
+    assert!(taizhang::ledger::wait_released(
+        &cfg.data_dir,
+        Duration::from_secs(600)
+    ));
+    println!(
+        "  close: {:.2} s (views flushed; sled reopened once to write its snapshot)",
+        t.elapsed().as_secs_f64()
+    );
     let (log, views) = (
         dir_bytes(&cfg.data_dir.join("log")),
         dir_bytes(&cfg.data_dir.join("views")),
@@ -631,6 +640,10 @@ async fn reopen_figures(cfg: Config) {
     let entries = reopened.size();
     reopened.close().await;
     drop(reopened);
+    assert!(taizhang::ledger::wait_released(
+        &cfg.data_dir,
+        Duration::from_secs(600)
+    ));
     let reindex = match std::env::var("TZ_BENCH_REINDEX") {
         Ok(v) => v == "1",
         Err(_) => entries <= 1_000_000,

@@ -857,6 +857,7 @@ fn serve(
     let cfg = ledger_config(&a)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let data_dir = cfg.data_dir.clone();
         let (ledger, report) = Ledger::open(cfg).map_err(|e| anyhow!("{e}"))?;
         tracing::info!(
             entries = report.entries,
@@ -911,6 +912,11 @@ fn serve(
         metrics_stop.notify_one();
         // Let the writer finish and the views reach sled before the process exits.
         ledger.close().await;
+        drop(ledger);
+        // The last handle finishes in the background (sled's snapshot, for a quick next start).
+        if !taizhang::ledger::wait_released(&data_dir, std::time::Duration::from_secs(300)) {
+            tracing::warn!("the ledger did not let go of its data dir within 300 s");
+        }
         tracing::info!("stopped cleanly");
         Ok(ExitCode::SUCCESS)
     })
