@@ -247,13 +247,13 @@ impl Shared {
                 }
                 missing
             };
-            for (run, root) in missing {
-                let got = EntryIndex::fetch(self.views.as_ref(), run, root).map_err(damaged)?;
-                lock()?.index.cache(run, got);
+            for want in missing {
+                let got = EntryIndex::fetch(&self.reader, &want).map_err(damaged)?;
+                lock()?.index.cache(want.run, got);
             }
         }
         let r = lock()?;
-        let nodes = Nodes::fetching(&r.index, self.views.as_ref());
+        let nodes = Nodes::fetching(&r.index, &self.reader);
         let out = f(&r, &nodes);
         match nodes.failure() {
             Some(e) => Err(damaged(e)),
@@ -591,6 +591,7 @@ impl Ledger {
         })
         .map_err(Refusal::from)?;
         replay.flush(&log.end())?;
+        let log_reader = log.reader();
         report.replayed = replay.replayed;
         lap(&mut report, "scan the log after the views, replay it");
         let mut genesis = replay.genesis.take();
@@ -598,7 +599,7 @@ impl Ledger {
         if let Some(last) = index
             .size()
             .checked_sub(1)
-            .and_then(|i| Nodes::fetching(&index, views.as_ref()).location(i))
+            .and_then(|i| Nodes::fetching(&index, &log_reader).location(i))
         {
             let (bytes, _) = log.reader().read(last).map_err(Refusal::from)?;
             last_time_ms = Leaf::decode(&bytes)
@@ -659,7 +660,7 @@ impl Ledger {
                         Refusal::new(Code::DataLoss, format!("{}: {e}", cp_path.display()))
                     })?;
             let root = merkle::root_at::<Blake3Hasher, _>(
-                &Nodes::fetching(&index, views.as_ref()),
+                &Nodes::fetching(&index, &log_reader),
                 last.size,
             );
             if last.size > index.size() || root != Some(last.root) {
@@ -702,11 +703,11 @@ impl Ledger {
         let witnessed = load_witnessed(
             &witnessed_path,
             &note_signer.verifier(),
-            &Nodes::fetching(&index, views.as_ref()),
+            &Nodes::fetching(&index, &log_reader),
         );
         report.entries = size;
         writer.next = size;
-        writer.prev_hash = Nodes::fetching(&index, views.as_ref())
+        writer.prev_hash = Nodes::fetching(&index, &log_reader)
             .leaf(size.saturating_sub(1))
             .unwrap_or([0; 32]);
         writer.last_time = last_time_ms;
@@ -1283,11 +1284,10 @@ impl Replay<'_> {
                 .genesis
                 .clone()
                 .ok_or_else(|| dl("no genesis before it".into()))?;
-            // Runs the views do not hold yet are in memory (`EntryIndex::views_hold`).
-            let (index_so_far, views, reader) = (&*self.index, self.views, &self.reader);
-            let leaf_hash = |i: u64| Nodes::fetching(index_so_far, views).leaf(i);
+            let (index_so_far, reader) = (&*self.index, &self.reader);
+            let leaf_hash = |i: u64| Nodes::fetching(index_so_far, reader).leaf(i);
             let leaf_of = |i: u64| -> Result<Leaf, Refusal> {
-                let loc = Nodes::fetching(index_so_far, views)
+                let loc = Nodes::fetching(index_so_far, reader)
                     .location(i)
                     .ok_or_else(|| Refusal::internal(format!("no location for entry {i}")))?;
                 Leaf::decode(&reader.read(loc)?.0)
@@ -1354,7 +1354,6 @@ impl Replay<'_> {
         if pending.is_dirty() {
             self.views.apply(pending.into_batch(pos))?;
         }
-        self.index.views_hold(pos.entries);
         Ok(())
     }
 }
@@ -1468,7 +1467,6 @@ fn write_genesis(
         .ok_or_else(|| Refusal::internal("genesis view".into()))?;
     views.apply(v.into_batch(&w.log.end()))?;
     index.push(hash, locs[0]);
-    index.views_hold(1);
     *last_time_ms = t;
     tracing::info!(origin = %cfg.origin, ledger_key = %id, "wrote genesis");
     Ok(genesis)
@@ -1827,8 +1825,6 @@ struct Syncer {
     /// When the kept checkpoint file was last replaced, and whether a newer note exists.
     kept_at: Option<std::time::Instant>,
     kept_stale: bool,
-    /// Entries whose view changes (and entry index) the views hold.
-    views_size: u64,
 }
 
 /// Makes staged groups durable — everything queued at once, with one `fdatasync` — then
@@ -1837,7 +1833,6 @@ fn run_syncer(shared: Arc<Shared>, rx: std::sync::mpsc::Receiver<ToSync>) {
     let mut s = Syncer {
         kept_at: None,
         kept_stale: false,
-        views_size: shared.read.read().map_or(0, |r| r.index.size()),
     };
     let mut close = None;
     while let Ok(first) = rx.recv() {
@@ -1914,7 +1909,6 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
         // always prove it.
         let mut new_size = None;
         if let Ok(mut r) = shared.read.write() {
-            r.index.views_hold(s.views_size);
             for g in &written {
                 for (p, loc) in g.leaves.iter().zip(&g.locations) {
                     r.index.push(p.hash, *loc);
@@ -1961,7 +1955,6 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
             drop(r);
             new_size = Some(size);
         }
-        let mut applied = true;
         for g in &written {
             let changes: crate::store::ViewBatch = g
                 .overlay
@@ -1971,15 +1964,11 @@ fn finish_batch(shared: &Arc<Shared>, s: &mut Syncer, batch: Vec<Staged>) {
             if let Err(e) = shared.views.apply(changes) {
                 // Entries are durable but the views missed them: refuse further writes
                 // until a restart replays the tail into the views.
-                applied = false;
                 poison(
                     shared,
                     format!("view store failed after a durable append: {e}"),
                 );
             }
-        }
-        if let (Some(size), true) = (new_size, applied) {
-            s.views_size = size;
         }
         if let Some(size) = new_size {
             // send_replace: `send` would drop the value while nobody is watching.
@@ -2042,7 +2031,7 @@ fn receipt(
     leaf: Option<&Leaf>,
 ) -> Result<Receipt, Refusal> {
     // The sync thread reads runs in place: it is the only thread that waits for the write lock.
-    let nodes = Nodes::fetching(&r.index, shared.views.as_ref());
+    let nodes = Nodes::fetching(&r.index, &shared.reader);
     let (integrated_time_ms, prev_leaf_hash) = match leaf {
         Some(l) => (l.integrated_time_ms, l.prev_leaf_hash),
         None => {

@@ -585,18 +585,47 @@ pub fn packed_name(k: &[u8]) -> String {
     }
 }
 
-/// The run roots of an `xr/` key (see [`key::run_roots`]).
-pub fn decode_run_roots(key: &[u8], bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
-    if !bytes.len().is_multiple_of(32) || bytes.len() / 32 > ROOTS_PER_KEY as usize {
+/// A complete run of the tree, as `xr/` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunView {
+    pub root: [u8; 32],
+    /// Where the run's first entry is (its `len` is not kept: 0).
+    pub start: Location,
+}
+
+impl RunView {
+    /// Bytes of one run in an `xr/` value.
+    pub const WIDTH: usize = 32 + 8 + 8;
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.root);
+        out.extend_from_slice(&self.start.segment.to_be_bytes());
+        out.extend_from_slice(&self.start.offset.to_be_bytes());
+    }
+}
+
+/// The runs of an `xr/` key (see [`key::run_roots`]).
+pub fn decode_run_roots(key: &[u8], bytes: &[u8]) -> Result<Vec<RunView>, StoreError> {
+    if !bytes.len().is_multiple_of(RunView::WIDTH)
+        || bytes.len() / RunView::WIDTH > ROOTS_PER_KEY as usize
+    {
         return Err(StoreError::Views(format!(
-            "run roots {} hold {} bytes, not whole roots",
+            "run roots {} hold {} bytes, not whole runs",
             packed_name(key),
             bytes.len()
         )));
     }
+    let u64_at = |c: &[u8], i: usize| u64::from_be_bytes(c[i..i + 8].try_into().expect("8 bytes"));
     Ok(bytes
-        .chunks_exact(32)
-        .map(|c| c.try_into().expect("32 bytes"))
+        .chunks_exact(RunView::WIDTH)
+        .map(|c| RunView {
+            root: c[..32].try_into().expect("32 bytes"),
+            start: Location {
+                segment: u64_at(c, 32),
+                offset: u64_at(c, 40),
+                len: 0,
+            },
+        })
         .collect())
 }
 
@@ -647,9 +676,10 @@ fn timed(mut k: Vec<u8>, at_ms: u64, entry: u64) -> Vec<u8> {
 pub const BLOCK: u64 = 256;
 
 /// The Merkle tree's leaves are grouped in aligned runs of this many (`2^RUN_LEVEL`): the
-/// root of each complete run is kept in the views (`xr/`, [`ROOTS_PER_KEY`] to a key,
-/// appended in place), so a ledger reopens holding only the tree above the runs and computes
-/// a run's inner nodes from its leaf hashes in the entry index when a proof needs them.
+/// root of each complete run and where its first entry is in the segments are kept in the
+/// views (`xr/`, [`ROOTS_PER_KEY`] to a key, appended in place), so a ledger reopens holding
+/// only the tree above the runs, and computes a run's inner nodes from its frames in the log
+/// (one read) when a proof needs them.
 pub const RUN_LEVEL: u32 = 5;
 /// Leaves per run.
 pub const RUN: u64 = 1 << RUN_LEVEL;
@@ -814,7 +844,8 @@ pub mod key {
     pub fn entry_block(block: u64) -> Vec<u8> {
         [b"x/".as_slice(), &block.to_be_bytes()].concat()
     }
-    /// Roots of the runs `[k * ROOTS_PER_KEY, (k + 1) * ROOTS_PER_KEY)`, 32 bytes each.
+    /// Runs `[k * ROOTS_PER_KEY, (k + 1) * ROOTS_PER_KEY)`: each its root (32 bytes) and its
+    /// first entry's segment and offset (u64 big-endian each); see [`RunView`].
     pub fn run_roots(k: u64) -> Vec<u8> {
         [b"xr/".as_slice(), &k.to_be_bytes()].concat()
     }
@@ -1012,14 +1043,21 @@ impl<'s> Views<'s> {
             if (index + 1).is_multiple_of(RUN) {
                 let run = index / RUN;
                 let start = block.len() - RUN as usize * EntryView::WIDTH;
-                let leaves: Vec<[u8; 32]> = block[start..]
+                let entries: Vec<EntryView> = block[start..]
                     .chunks_exact(EntryView::WIDTH)
-                    .map(|c| EntryView::decode(c).leaf_hash)
+                    .map(EntryView::decode)
                     .collect();
-                let root = crate::merkle::root_from_leaves::<crate::merkle::Blake3Hasher>(&leaves);
-                let want = (run % ROOTS_PER_KEY) as usize * 32;
+                let leaves: Vec<[u8; 32]> = entries.iter().map(|e| e.leaf_hash).collect();
+                let run_view = RunView {
+                    root: crate::merkle::root_from_leaves::<crate::merkle::Blake3Hasher>(&leaves),
+                    start: Location {
+                        len: 0,
+                        ..entries[0].location
+                    },
+                };
+                let want = (run % ROOTS_PER_KEY) as usize * RunView::WIDTH;
                 self.append_in_place(key::run_roots(run / ROOTS_PER_KEY), want, |b| {
-                    b.extend_from_slice(&root)
+                    run_view.encode_into(b)
                 })?;
             }
         }

@@ -543,4 +543,80 @@ impl SegmentReader {
         }
         Ok((leaf, stored))
     }
+
+    /// The locations and stored hashes of the `count` frames from entry `first` on, which
+    /// starts at `start`; `end`, if known, is where the frame after them starts. A segment
+    /// that ends on the way is followed by the next one (named by the next entry's index).
+    /// Frame hashes are returned as stored, not recomputed: the caller checks them together
+    /// (against a root).
+    pub fn read_frames(
+        &self,
+        first: u64,
+        start: Location,
+        end: Option<Location>,
+        count: usize,
+    ) -> Result<Vec<(Location, Hash)>, StoreError> {
+        let mut out: Vec<(Location, Hash)> = Vec::with_capacity(count);
+        let (mut segment, mut offset) = (start.segment, start.offset);
+        let path = |segment: u64| self.dir.join(seg_name(segment)).display().to_string();
+        let damaged = |segment: u64, what: String| StoreError::DataLoss {
+            what: format!("segment {}: {what}", path(segment)),
+        };
+        while out.len() < count {
+            let f = self.file(segment)?;
+            let upto = match end {
+                Some(e) if e.segment == segment => e.offset,
+                _ => f
+                    .metadata()
+                    .map_err(|e| io("stat", &self.dir.join(seg_name(segment)), e))?
+                    .len(),
+            };
+            if upto < offset {
+                return Err(damaged(segment, format!("no frame at offset {offset}")));
+            }
+            let mut buf = vec![0u8; (upto - offset) as usize];
+            f.read_exact_at(&mut buf, offset)
+                .map_err(|e| io("read", &self.dir.join(seg_name(segment)), e))?;
+            let mut at = 0usize;
+            while out.len() < count && at < buf.len() {
+                let Some(len) = buf
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                else {
+                    return Err(damaged(
+                        segment,
+                        format!("torn frame at {}", offset + at as u64),
+                    ));
+                };
+                let hash_at = at + 4 + len as usize;
+                let Some(hash) = buf.get(hash_at..hash_at + 32) else {
+                    return Err(damaged(
+                        segment,
+                        format!("torn frame at {}", offset + at as u64),
+                    ));
+                };
+                let mut stored = [0u8; 32];
+                stored.copy_from_slice(hash);
+                out.push((
+                    Location {
+                        segment,
+                        offset: offset + at as u64,
+                        len,
+                    },
+                    stored,
+                ));
+                at = hash_at + 32;
+            }
+            if out.len() < count {
+                // This segment is done: the next one is named by the next entry's index.
+                let next = first + out.len() as u64;
+                if next <= segment {
+                    return Err(damaged(segment, format!("entry {next} is not after it")));
+                }
+                segment = next;
+                offset = 0;
+            }
+        }
+        Ok(out)
+    }
 }
