@@ -269,7 +269,7 @@ pub fn verify_export_progress(
     };
     let ledger_id = KeyId::of(ledger_key);
     let mut last_time = 0u64;
-    let mut signatures = Vec::with_capacity(SIGNATURES_PER_ROUND);
+    let mut signatures = Rounds::default();
     scan_frames(data, 0, [0; 32], |index, leaf_bytes, hash| {
         let leaf = Leaf::decode(leaf_bytes).map_err(|e| format!("entry {index}: {e}"))?;
         if leaf.integrated_time_ms < last_time {
@@ -286,15 +286,15 @@ pub fn verify_export_progress(
             &ledger_id,
             ledger_key,
             &mut keys,
-            &mut signatures,
+            &mut signatures.current,
         );
         if let Err(w) = checked {
             // A signature of an earlier entry may be bad too: the first fault wins.
-            check_signatures(&mut signatures)?;
+            signatures.finish()?;
             return Err(format!("entry {index}: {w}"));
         }
-        if signatures.len() >= SIGNATURES_PER_ROUND {
-            check_signatures(&mut signatures)?;
+        if signatures.current.len() >= SIGNATURES_PER_ROUND {
+            signatures.send()?;
         }
         sigs += 1 + leaf.cosignatures.len() as u64;
         tree.push(hash);
@@ -309,7 +309,7 @@ pub fn verify_export_progress(
         }
         Ok(())
     })
-    .and_then(|end| check_signatures(&mut signatures).map(|()| end))
+    .and_then(|end| signatures.finish().map(|()| end))
     .map_err(VerifyError::Export)?;
     let Some(root) = root_at_cp else {
         return Err(VerifyError::Export(format!(
@@ -348,6 +348,45 @@ pub fn verify_export_progress(
 /// Signatures are checked in rounds of this many, spread over every core; everything else
 /// about an entry is checked in order as it is read.
 const SIGNATURES_PER_ROUND: usize = if cfg!(test) { 8 } else { 4096 };
+
+/// Signatures in rounds: a full round is checked on the rayon pool while the entries of the
+/// next are read and checked in order; results are taken in order, so the first bad entry is
+/// still the one named.
+#[derive(Default)]
+struct Rounds {
+    current: Vec<SignatureCheck>,
+    in_flight: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
+}
+
+impl Rounds {
+    /// Sends the current round off, once the round before it has passed.
+    fn send(&mut self) -> Result<(), String> {
+        self.wait()?;
+        let mut round =
+            std::mem::replace(&mut self.current, Vec::with_capacity(SIGNATURES_PER_ROUND));
+        let (tx, rx) = std::sync::mpsc::channel();
+        rayon::spawn(move || {
+            let _ = tx.send(check_signatures(&mut round));
+        });
+        self.in_flight = Some(rx);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<(), String> {
+        match self.in_flight.take() {
+            Some(rx) => rx
+                .recv()
+                .unwrap_or_else(|_| Err("checking signatures failed unexpectedly".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks everything collected: the round in flight, then the rest.
+    fn finish(&mut self) -> Result<(), String> {
+        self.wait()?;
+        check_signatures(&mut self.current)
+    }
+}
 
 /// A signature an entry carries, checked later in a round (`check_signatures`).
 struct SignatureCheck {
