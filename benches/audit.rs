@@ -92,16 +92,7 @@ fn main() {
     let cfg = rt.block_on(run(&tmp, entries, if bench_mode { 1_000 } else { 20 }));
     // The runtime goes first: its tasks (the server's connections) hold the ledger too.
     drop(rt);
-    // The last handle gone, the ledger reopens sled once so that it writes its snapshot.
-    let t = Instant::now();
-    assert!(taizhang::ledger::wait_released(
-        &cfg.data_dir,
-        Duration::from_secs(900)
-    ));
-    println!(
-        "  released the data dir {:.2} s after the last handle (sled reopened to write its snapshot)",
-        t.elapsed().as_secs_f64()
-    );
+    released(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -642,6 +633,20 @@ async fn storage_figures(
     );
 }
 
+/// Waits until the ledger's last handle has let go of its data dir (it reopens sled once, so
+/// that sled writes its snapshot) and says how long that took.
+fn released(cfg: &Config) {
+    let t = Instant::now();
+    assert!(taizhang::ledger::wait_released(
+        &cfg.data_dir,
+        Duration::from_secs(900)
+    ));
+    println!(
+        "  close: released {:.2} s after the last handle (sled reopened to write its snapshot)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// Reopen (twice: the second after a clean close of the first) and (up to 1 M entries, or with
 /// `TZ_BENCH_REINDEX=1`) reindex of the ledger built.
 async fn reopen_figures(cfg: Config) {
@@ -662,15 +667,7 @@ async fn reopen_figures(cfg: Config) {
         entries = reopened.size();
         reopened.close().await;
         drop(reopened);
-        let t = Instant::now();
-        assert!(taizhang::ledger::wait_released(
-            &cfg.data_dir,
-            Duration::from_secs(900)
-        ));
-        println!(
-            "  close: released {:.2} s after the last handle (sled reopened to write its snapshot)",
-            t.elapsed().as_secs_f64()
-        );
+        released(&cfg);
     }
     let reindex = match std::env::var("TZ_BENCH_REINDEX") {
         Ok(v) => v == "1",
