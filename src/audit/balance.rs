@@ -8,7 +8,7 @@
 //! listed up to a limit.
 
 use super::{se, AuditConfig};
-use crate::ledger::views::{self, key, Event, Holding, JournalRow, Stock, Term, Totals};
+use crate::ledger::views::{self, key, Event, Holding, JournalOf, JournalRow, Stock, Term, Totals};
 use crate::ledger::Refusal;
 use crate::store::{Range, ViewRead};
 
@@ -127,7 +127,8 @@ pub fn balance(r: &dyn ViewRead, cfg: &AuditConfig, q: Query) -> Result<Balance,
                 substance: &q.substance,
                 lot,
             };
-            (key::journal(&h), key::lot_counts(&h))
+            let counts = key::lot_counts(&h);
+            (JournalOf::Holding(h), counts)
         }
         None => {
             let s = Stock {
@@ -135,13 +136,13 @@ pub fn balance(r: &dyn ViewRead, cfg: &AuditConfig, q: Query) -> Result<Balance,
                 site: &q.site,
                 substance: &q.substance,
             };
-            (key::stock_journal(&s), key::stock_counts(&s))
+            let counts = key::stock_counts(&s);
+            (JournalOf::Stock(s), counts)
         }
     };
-    let from = key::at(&journal, q.from_ms, 0);
-    let to = key::at(&journal, q.to_ms, 0);
-    let open = last_before(r, &journal, &from)?;
-    let close = last_before(r, &journal, &to)?;
+    let (from, to) = ((q.from_ms, 0), (q.to_ms, 0));
+    let open = journal.last_before(r, from).map_err(se)?;
+    let close = journal.last_before(r, to).map_err(se)?;
     if open.is_none()
         && close.is_none()
         && r.get(&key::enterprise(&q.enterprise))
@@ -194,13 +195,12 @@ pub fn balance(r: &dyn ViewRead, cfg: &AuditConfig, q: Query) -> Result<Balance,
             (status, tol, expected_closing as i128 - c.book as i128)
         }
     };
-    let rows = r
-        .range(&Range::forward(&from, &to, q.limit.saturating_add(1)))
+    let rows = journal
+        .rows(r, from, to, q.limit.saturating_add(1))
         .map_err(se)?;
     let truncated = rows.len() > q.limit;
     let mut postings = Vec::new();
-    for (k, v) in rows.into_iter().take(q.limit) {
-        let row: JournalRow = views::decode(&k, &v).map_err(se)?;
+    for row in rows.into_iter().take(q.limit) {
         match row.event {
             Event::Move {
                 term,

@@ -5,11 +5,11 @@
 //! id; a lot merged into a receiver's lot is followed into that lot (whose other inputs then
 //! appear as its backward side only when tracing backward from it).
 //!
-//! Reads: per lot, the holdings index `lh/` and each holding's journal `j/`; per shipment, its
+//! Reads: per lot, the holdings index `lh/` and each holding's journal (its book and `j/`); per shipment, its
 //! view. Nothing scans the log.
 
 use super::se;
-use crate::ledger::views::{self, key, Event, Holding, JournalRow, LotView, ShipmentView, Term};
+use crate::ledger::views::{self, key, Event, Holding, JournalOf, LotView, ShipmentView, Term};
 use crate::ledger::Refusal;
 use crate::store::ViewRead;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -217,10 +217,11 @@ pub fn trace(
         };
         let node = b.node(&ent, &site)?;
         let first_visit = described.insert((node, l.clone()));
-        let rows = r.scan_prefix(&key::journal(&h)).map_err(se)?;
+        let rows = JournalOf::Holding(h.clone())
+            .rows(r, (0, 0), (u64::MAX, u64::MAX), usize::MAX)
+            .map_err(se)?;
         let mut last_totals = None;
-        for (rk, rv) in rows {
-            let row: JournalRow = views::decode(&rk, &rv).map_err(se)?;
+        for row in rows {
             last_totals = Some(row.totals);
             let (term, shipment) = match row.event {
                 Event::Move { term, shipment, .. } => (term, shipment),

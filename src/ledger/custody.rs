@@ -625,9 +625,22 @@ fn produced(ctx: &Ctx<'_>, v: &Views<'_>, entry: u64) -> Result<Option<PostedVie
         substance: &lot.substance,
         lot: &p.lot,
     };
-    let row = v
-        .get::<JournalRow>(&key::journal_row(&h, leaf.integrated_time_ms, entry))
-        .map_err(se)?;
+    // The produce is the first row of its lot's first holding: inline in the lot's book, or
+    // (a row too long to go inline) the first row of the block at its own key.
+    let row = match lot.book.journal.inline.is_empty() {
+        false => decode_rows(&key::lot(&p.lot), &lot.book.journal.inline),
+        true => {
+            let k = key::at(&key::journal(&h), leaf.integrated_time_ms, entry);
+            match v.raw_get(&k).map_err(se)? {
+                Some(block) => decode_rows(&k, &block),
+                None => Ok(Vec::new()),
+            }
+        }
+    }
+    .map_err(se)?
+    .into_iter()
+    .next()
+    .filter(|r| r.entry == entry);
     let Some(JournalRow {
         event:
             Event::Move {
@@ -827,7 +840,7 @@ fn accept_count(
         // The variance is measured against the book at the count; if another count's variance
         // was accepted into this lot since, that book is gone and this count says nothing more.
         let at_count = v
-            .get::<JournalRow>(&key::journal_row(&h, counted.at_ms, corrects))
+            .get::<JournalRow>(&key::at(&key::lot_counts(&h), counted.at_ms, corrects))
             .map_err(se)?
             .map(|r| r.totals)
             .unwrap_or_default();

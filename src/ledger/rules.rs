@@ -858,7 +858,7 @@ fn produce(
             created_by_entry: ctx.index,
             site: p.site_id.clone(),
             derived_from: None,
-            totals: Totals::default(),
+            book: Book::default(),
         },
     )?;
     // No `PostedView`: a correction finds the produce through its lot (`custody::produced`).
@@ -1225,7 +1225,7 @@ fn receive(
                 created_by_entry: ctx.index,
                 site: p.site_id.clone(),
                 derived_from: Some(shipment.lot.clone()),
-                totals: Totals::default(),
+                book: Book::default(),
             }),
         }
     } else {

@@ -165,8 +165,8 @@ fn prepare_at(
         substance: h.substance,
     };
     let stock_key = key::stock(&stock);
-    // Where this holding's totals live: in the lot's view for its first holding (the one
-    // being created, or the one it was created at), under `b/` for any other.
+    // Where this holding's book lives: in the lot's view for its first holding (the one being
+    // created, or the one it was created at), under `b/` for any other.
     let first: Option<LotView> = match creates {
         Some(lot) => Some(lot),
         None => v
@@ -175,19 +175,21 @@ fn prepare_at(
             .filter(|l| l.is_first_holding(h)),
     };
     // A lot being created has no holding anywhere yet (its name was just found unused).
-    let old_lot = match &first {
-        Some(_) if creates_lot => {
-            debug_assert!(matches!(v.get::<Totals>(&key::balance(h)), Ok(None)));
-            None
+    let mut lot_book = match &first {
+        Some(lot) => {
+            debug_assert!(!creates_lot || matches!(v.get::<Book>(&key::balance(h)), Ok(None)));
+            lot.book.clone()
         }
-        Some(lot) => Some(lot.totals),
-        None => v.get::<Totals>(&key::balance(h)).map_err(se)?,
+        None => v
+            .get::<Book>(&key::balance(h))
+            .map_err(se)?
+            .unwrap_or_default(),
     };
-    let old_stock = v.get::<Totals>(&stock_key).map_err(se)?;
-    let lot_new = changed(old_lot.unwrap_or_default(), &change, field, &|| {
+    let mut stock_book = v.get::<Book>(&stock_key).map_err(se)?.unwrap_or_default();
+    lot_book.totals = changed(lot_book.totals, &change, field, &|| {
         format!("lot `{}` at site `{}`", h.lot, h.site)
     })?;
-    let stock_new = changed(old_stock.unwrap_or_default(), &change, field, &|| {
+    stock_book.totals = changed(stock_book.totals, &change, field, &|| {
         format!("{} at site `{}`", h.substance, h.site)
     })?;
     let row = |totals: Totals| JournalRow {
@@ -197,35 +199,40 @@ fn prepare_at(
         event: change.event(),
         totals,
     };
-    let lot_write = match first {
-        Some(lot) => (
-            key::lot(h.lot),
-            encode(&LotView {
-                totals: lot_new,
-                ..lot
-            }),
-        ),
-        None => (key::balance(h), encode(&lot_new)),
-    };
-    let mut writes = vec![
-        lot_write,
-        (
-            key::journal_row(h, ctx.now_ms, ctx.index),
-            encode(&row(lot_new)),
-        ),
-        (stock_key, encode(&stock_new)),
-        (
-            key::stock_journal_row(&stock, ctx.now_ms, ctx.index),
-            encode(&row(stock_new)),
-        ),
-    ];
-    if old_lot.is_none() && !creates_lot {
+    let get = |k: &[u8]| v.raw_get(k);
+    let mut writes = Vec::with_capacity(4);
+    writes.extend(
+        lot_book
+            .journal
+            .push(&key::journal(h), &row(lot_book.totals), &get)
+            .map_err(se)?,
+    );
+    writes.extend(
+        stock_book
+            .journal
+            .push(&key::stock_journal(&stock), &row(stock_book.totals), &get)
+            .map_err(se)?,
+    );
+    if first.is_none() && !lot_book.listed {
+        lot_book.listed = true;
         writes.push((key::lot_holding(h.lot, h.enterprise, h.site), Vec::new()));
     }
-    if old_stock.is_none() {
+    if !stock_book.listed {
+        stock_book.listed = true;
         writes.push((key::enterprise_stock(&stock), Vec::new()));
     }
+    writes.push(book_write(h, first, lot_book));
+    writes.push((stock_key, encode(&stock_book)));
     Ok(Posting { writes })
+}
+
+/// The write that keeps holding `h`'s `book`: its lot's view `first` if it is the lot's first
+/// holding, else its own key.
+fn book_write(h: &Holding<'_>, first: Option<LotView>, book: Book) -> (Vec<u8>, Vec<u8>) {
+    match first {
+        Some(lot) => (key::lot(h.lot), encode(&LotView { book, ..lot })),
+        None => (key::balance(h), encode(&book)),
+    }
 }
 
 /// One counted lot.
@@ -249,6 +256,7 @@ pub(super) fn count(
     let mut lots = Vec::with_capacity(counts.len());
     let mut writes = Vec::new();
     let mut per_substance: std::collections::BTreeMap<&str, u64> = Default::default();
+    let get = |k: &[u8]| v.raw_get(k);
     for c in counts {
         let h = Holding {
             enterprise,
@@ -256,9 +264,25 @@ pub(super) fn count(
             substance: c.substance,
             lot: c.lot,
         };
-        let totals = v.totals(&h).map_err(se)?;
-        let book = totals.balance() as u64;
-        lots.push((c.substance.to_string(), c.lot.to_string(), c.quantity, book));
+        let first = v
+            .get::<LotView>(&key::lot(h.lot))
+            .map_err(se)?
+            .filter(|l| l.is_first_holding(&h));
+        let mut book = match &first {
+            Some(lot) => lot.book.clone(),
+            None => v
+                .get::<Book>(&key::balance(&h))
+                .map_err(se)?
+                .unwrap_or_default(),
+        };
+        let totals = book.totals;
+        let book_qty = totals.balance() as u64;
+        lots.push((
+            c.substance.to_string(),
+            c.lot.to_string(),
+            c.quantity,
+            book_qty,
+        ));
         let sum = per_substance.entry(c.substance).or_default();
         *sum = sum.checked_add(c.quantity).ok_or_else(|| {
             precondition(
@@ -266,22 +290,27 @@ pub(super) fn count(
                 format!("the counts of {} overflow u64", c.substance),
             )
         })?;
-        let row = encode(&JournalRow {
+        let row = JournalRow {
             entry: ctx.index,
             at_ms: ctx.now_ms,
             lot: c.lot.to_string(),
             event: Event::Count {
                 counted: c.quantity,
-                book,
+                book: book_qty,
                 inspector,
             },
             totals,
-        });
+        };
         writes.push((
             key::at(&key::lot_counts(&h), ctx.now_ms, ctx.index),
-            row.clone(),
+            encode(&row),
         ));
-        writes.push((key::journal_row(&h, ctx.now_ms, ctx.index), row));
+        writes.extend(
+            book.journal
+                .push(&key::journal(&h), &row, &get)
+                .map_err(se)?,
+        );
+        writes.push(book_write(&h, first, book));
         if !inspector {
             writes.push((
                 key::count(&h),
@@ -299,26 +328,29 @@ pub(super) fn count(
             site,
             substance,
         };
-        let totals = v
-            .get::<Totals>(&key::stock(&stock))
-            .map_err(se)?
-            .unwrap_or_default();
-        let row = encode(&JournalRow {
+        let stock_key = key::stock(&stock);
+        let mut book = v.get::<Book>(&stock_key).map_err(se)?.unwrap_or_default();
+        let row = JournalRow {
             entry: ctx.index,
             at_ms: ctx.now_ms,
             lot: String::new(),
             event: Event::Count {
                 counted,
-                book: totals.balance() as u64,
+                book: book.totals.balance() as u64,
                 inspector,
             },
-            totals,
-        });
+            totals: book.totals,
+        };
         writes.push((
             key::at(&key::stock_counts(&stock), ctx.now_ms, ctx.index),
-            row.clone(),
+            encode(&row),
         ));
-        writes.push((key::stock_journal_row(&stock, ctx.now_ms, ctx.index), row));
+        writes.extend(
+            book.journal
+                .push(&key::stock_journal(&stock), &row, &get)
+                .map_err(se)?,
+        );
+        writes.push((stock_key, encode(&book)));
     }
     for (k, val) in writes {
         v.put_raw(k, val);

@@ -98,7 +98,7 @@ pub fn import(
             created_by_entry: ctx.index,
             site: p.site_id.clone(),
             derived_from: None,
-            totals: Totals::default(),
+            book: Book::default(),
         },
     )?;
     let licence_entry = licence.issue_entry;

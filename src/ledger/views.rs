@@ -7,7 +7,7 @@
 
 use crate::crypto::KeyId;
 use crate::pb;
-use crate::store::{Location, Position, StoreError, ViewBatch, ViewStore};
+use crate::store::{Location, Position, Range, StoreError, ViewBatch, ViewRead, ViewStore};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -22,8 +22,8 @@ pub const META_FORMAT: &[u8] = b"meta/format";
 /// that name the permits they drew on.
 /// 6 = a signer's head carries its current seq-index block; a lot's view, its first holding's
 /// totals; a produce has no `po/` until corrected. 7 = the roots of the tree's 32-leaf runs
-/// (`xr/`).
-pub const VIEW_FORMAT: u32 = 7;
+/// (`xr/`). 8 = journals packed in blocks, their first rows inline in the book ([`Book`]).
+pub const VIEW_FORMAT: u32 = 8;
 
 /// A registered key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,10 +103,10 @@ pub struct LotView {
     pub site: String,
     /// For a lot created on receipt: the lot it was received from.
     pub derived_from: Option<String>,
-    /// The running totals of its first holding (`created_by` × `site` × `substance`), kept
-    /// here rather than under `b/` like every other holding's: a lot's creation is then one
-    /// view write, not two.
-    pub totals: Totals,
+    /// The book of its first holding (`created_by` × `site` × `substance`), kept here rather
+    /// than under `b/` like every other holding's: a lot's creation is then one view write,
+    /// not three (totals, journal row, lot).
+    pub book: Book,
 }
 
 impl LotView {
@@ -122,11 +122,16 @@ pub type RawGet<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 /// A lot holding's running totals from whatever reads the views: the lot's view for its
 /// first holding, `b/` for any other.
 pub fn holding_totals(get: RawGet<'_>, h: &Holding<'_>) -> Result<Option<Totals>, StoreError> {
+    Ok(holding_book(get, h)?.map(|b| b.totals))
+}
+
+/// A lot holding's book: in the lot's view for its first holding, under `b/` for any other.
+pub fn holding_book(get: RawGet<'_>, h: &Holding<'_>) -> Result<Option<Book>, StoreError> {
     let lot_key = key::lot(h.lot);
     if let Some(b) = get(&lot_key)? {
         let lot: LotView = decode(&lot_key, &b)?;
         if lot.is_first_holding(h) {
-            return Ok(Some(lot.totals));
+            return Ok(Some(lot.book));
         }
     }
     let k = key::balance(h);
@@ -458,6 +463,193 @@ pub struct JournalRow {
     pub totals: Totals,
 }
 
+/// A journal's rows beyond those its book holds inline are packed in blocks appended in place,
+/// each at the key of its first row (`key::at(journal, at_ms, entry)`): a busy journal costs
+/// the view store one write per flush, not one new key per row. A block takes rows until the
+/// next would take it past this many bytes.
+pub const JOURNAL_BLOCK_BYTES: usize = 2048;
+
+/// A journal's first rows ride in its book (which every posting rewrites anyway) until the
+/// next would take them past this many bytes: a lot produced and shipped, or a holding
+/// received and shipped on, costs no journal key at all.
+pub const INLINE_JOURNAL_BYTES: usize = 512;
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Where a journal's newest block is and how long it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalHead {
+    /// The time and entry of the block's first row (its key's suffix).
+    pub at_ms: u64,
+    pub entry: u64,
+    /// The block's length in bytes.
+    pub len: u32,
+}
+
+/// A journal's rows as its book keeps them: the first ones inline, then blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// Encoded `JournalRow`s, back to back, oldest first.
+    pub inline: Vec<u8>,
+    /// The newest block, once the rows no longer fit inline.
+    pub head: Option<JournalHead>,
+}
+
+impl Journal {
+    /// Adds `row` to a journal whose blocks are under `prefix`; `get` reads the views. Returns
+    /// the block to write, unless the row went inline.
+    pub fn push(
+        &mut self,
+        prefix: &[u8],
+        row: &JournalRow,
+        get: RawGet<'_>,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let bytes = encode(row);
+        if self.head.is_none() && self.inline.len() + bytes.len() <= INLINE_JOURNAL_BYTES {
+            self.inline.extend_from_slice(&bytes);
+            return Ok(None);
+        }
+        if let Some(head) = &mut self.head {
+            if head.len as usize + bytes.len() <= JOURNAL_BLOCK_BYTES {
+                let k = key::at(prefix, head.at_ms, head.entry);
+                let mut block = get(&k)?.unwrap_or_default();
+                if block.len() != head.len as usize {
+                    return Err(StoreError::Views(format!(
+                        "journal block {} holds {} bytes, its book says {}",
+                        packed_name(&k),
+                        block.len(),
+                        head.len
+                    )));
+                }
+                block.extend_from_slice(&bytes);
+                head.len = block.len() as u32;
+                return Ok(Some((k, block)));
+            }
+        }
+        self.head = Some(JournalHead {
+            at_ms: row.at_ms,
+            entry: row.entry,
+            len: bytes.len() as u32,
+        });
+        Ok(Some((key::at(prefix, row.at_ms, row.entry), bytes)))
+    }
+}
+
+/// A holding's (`b/`, or its lot's view for the first holding) or a site × substance's
+/// (`bs/`) book: its running totals and its journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    pub totals: Totals,
+    pub journal: Journal,
+    /// Whether the holding is in the lot's holdings index (`lh/`), or the stock in the
+    /// enterprise's (`es/`): a book that only a count opened is not.
+    pub listed: bool,
+}
+
+/// Decodes rows packed back to back (a block, or a book's inline rows).
+pub fn decode_rows(key: &[u8], mut bytes: &[u8]) -> Result<Vec<JournalRow>, StoreError> {
+    let mut rows = Vec::new();
+    while !bytes.is_empty() {
+        let (row, rest) = postcard::take_from_bytes::<JournalRow>(bytes).map_err(|e| {
+            StoreError::Views(format!(
+                "journal rows at {} do not decode: {e}",
+                packed_name(key)
+            ))
+        })?;
+        rows.push(row);
+        bytes = rest;
+    }
+    Ok(rows)
+}
+
+/// A journal to read: a lot holding's (`j/`) or a site × substance's (`js/`).
+#[derive(Debug, Clone)]
+pub enum JournalOf<'a> {
+    Holding(Holding<'a>),
+    Stock(Stock<'a>),
+}
+
+/// A row's place in its journal: (time, entry).
+pub type RowAt = (u64, u64);
+
+impl JournalOf<'_> {
+    /// The key prefix of its blocks.
+    pub fn prefix(&self) -> Vec<u8> {
+        match self {
+            JournalOf::Holding(h) => key::journal(h),
+            JournalOf::Stock(s) => key::stock_journal(s),
+        }
+    }
+
+    fn inline_rows(&self, r: &dyn ViewRead) -> Result<Vec<JournalRow>, StoreError> {
+        let book = match self {
+            JournalOf::Holding(h) => holding_book(&|k| r.get(k), h)?,
+            JournalOf::Stock(s) => {
+                let k = key::stock(s);
+                r.get(&k)?.map(|b| decode::<Book>(&k, &b)).transpose()?
+            }
+        };
+        match book {
+            Some(b) => decode_rows(&self.prefix(), &b.journal.inline),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Its rows at or after `from` and before `to`, oldest first, at most `limit`.
+    pub fn rows(
+        &self,
+        r: &dyn ViewRead,
+        from: RowAt,
+        to: RowAt,
+        limit: usize,
+    ) -> Result<Vec<JournalRow>, StoreError> {
+        let inside =
+            |row: &JournalRow| (row.at_ms, row.entry) >= from && (row.at_ms, row.entry) < to;
+        let mut out: Vec<JournalRow> = self.inline_rows(r)?.into_iter().filter(inside).collect();
+        let prefix = self.prefix();
+        let mut start = key::at(&prefix, from.0, from.1);
+        let end = key::at(&prefix, to.0, to.1);
+        // The block that begins before `from` may hold rows after it.
+        if let Some((k, v)) = r.range(&Range::backward(&prefix, &start, 1))?.first() {
+            out.extend(decode_rows(k, v)?.into_iter().filter(inside));
+        }
+        while out.len() < limit {
+            const PAGE: usize = 16;
+            let blocks = r.range(&Range::forward(&start, &end, PAGE))?;
+            for (k, v) in &blocks {
+                out.extend(decode_rows(k, v)?.into_iter().filter(inside));
+            }
+            match blocks.last() {
+                Some((k, _)) if blocks.len() == PAGE => start = [k.as_slice(), &[0]].concat(),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Its last row before `before`.
+    pub fn last_before(
+        &self,
+        r: &dyn ViewRead,
+        before: RowAt,
+    ) -> Result<Option<JournalRow>, StoreError> {
+        let prefix = self.prefix();
+        let end = key::at(&prefix, before.0, before.1);
+        let earlier = |rows: Vec<JournalRow>| {
+            rows.into_iter()
+                .rfind(|row| (row.at_ms, row.entry) < before)
+        };
+        if let Some((k, v)) = r.range(&Range::backward(&prefix, &end, 1))?.first() {
+            if let Some(row) = earlier(decode_rows(k, v)?) {
+                return Ok(Some(row));
+            }
+        }
+        Ok(earlier(self.inline_rows(r)?))
+    }
+}
+
 /// A movement entry that a `Correction` may amend: where it posted and what it now counts for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostedView {
@@ -718,19 +910,14 @@ pub mod key {
     pub fn stock(s: &Stock<'_>) -> Vec<u8> {
         stock_key(b"bs/", s)
     }
-    /// A lot holding's journal: `j/<holding><at_ms><entry>` → `JournalRow`.
+    /// A lot holding's journal blocks: `j/<holding><at_ms><entry>` → the rows from that one
+    /// on, packed (see [`Journal`]; the first rows are inline in the holding's book).
     pub fn journal(h: &Holding<'_>) -> Vec<u8> {
         holding_key(b"j/", h)
     }
-    pub fn journal_row(h: &Holding<'_>, at_ms: u64, entry: u64) -> Vec<u8> {
-        timed(journal(h), at_ms, entry)
-    }
-    /// A site × substance's journal: `js/<stock><at_ms><entry>` → `JournalRow`.
+    /// A site × substance's journal blocks: `js/<stock><at_ms><entry>` → packed rows, as `j/`.
     pub fn stock_journal(s: &Stock<'_>) -> Vec<u8> {
         stock_key(b"js/", s)
-    }
-    pub fn stock_journal_row(s: &Stock<'_>, at_ms: u64, entry: u64) -> Vec<u8> {
-        timed(stock_journal(s), at_ms, entry)
     }
     /// Where a lot is held, besides the site it was created at (`LotView::site`):
     /// `lh/<lot>\0<enterprise>\0<site>\0` → ().
@@ -1280,5 +1467,214 @@ mod tests {
         assert_eq!(decode_entry_block(b"x/", &b).unwrap(), vec![e, e]);
         b.pop();
         assert!(decode_entry_block(b"x/", &b).is_err());
+    }
+
+    /// Rows `at` (time step, lot name length) pushed to `j` in order, the book kept at
+    /// `book_key` (a lot view's for `lot`, else a `Book`), written to `store` as a group
+    /// would be; returns the rows.
+    fn post_rows(
+        store: &crate::store::MemoryViews,
+        j: &JournalOf<'_>,
+        lot: Option<&LotView>,
+        rows: &[(u64, usize)],
+    ) -> Vec<JournalRow> {
+        let book_key = match (j, lot) {
+            (JournalOf::Holding(h), Some(_)) => key::lot(h.lot),
+            (JournalOf::Holding(h), None) => key::balance(h),
+            (JournalOf::Stock(s), _) => key::stock(s),
+        };
+        let mut at_ms = 1_000;
+        let mut out = Vec::new();
+        for (i, &(step, name)) in rows.iter().enumerate() {
+            at_ms += step;
+            let mut book = match lot {
+                Some(_) => store
+                    .get(&book_key)
+                    .unwrap()
+                    .map(|b| decode::<LotView>(&book_key, &b).unwrap().book),
+                None => store
+                    .get(&book_key)
+                    .unwrap()
+                    .map(|b| decode::<Book>(&book_key, &b).unwrap()),
+            }
+            .unwrap_or_default();
+            let row = JournalRow {
+                entry: 10 + i as u64,
+                at_ms,
+                lot: "L".repeat(name),
+                event: Event::Move {
+                    term: Term::Produced,
+                    quantity: i as u64,
+                    shipment: None,
+                },
+                totals: Totals([i as u128; 10]),
+            };
+            book.totals = row.totals;
+            let block = book
+                .journal
+                .push(&j.prefix(), &row, &|k| store.get(k))
+                .unwrap();
+            let book_value = match lot {
+                Some(l) => encode(&LotView { book, ..l.clone() }),
+                None => encode(&book),
+            };
+            let mut batch: ViewBatch = vec![(book_key.clone(), Some(book_value))];
+            batch.extend(block.map(|(k, v)| (k, Some(v))));
+            store.apply(batch).unwrap();
+            out.push(row);
+        }
+        out
+    }
+
+    fn stock() -> Stock<'static> {
+        Stock {
+            enterprise: "E",
+            site: "s",
+            substance: "S",
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the rows' sizes and times, a journal read through its inline rows and
+        /// blocks answers as the list of its rows would: every range, every limit, every
+        /// "last before".
+        #[test]
+        fn packed_journals_read_as_their_rows(
+            rows in proptest::collection::vec((0u64..3, 0usize..700), 1..120),
+            cuts in proptest::collection::vec((0u64..400, 0u64..140, 0u64..400, 0u64..140, 1usize..50), 1..12),
+        ) {
+            let store = crate::store::MemoryViews::default();
+            let j = JournalOf::Stock(stock());
+            let all = post_rows(&store, &j, None, &rows);
+            let at = |r: &JournalRow| (r.at_ms, r.entry);
+            proptest::prop_assert_eq!(
+                j.rows(&*store.snapshot(), (0, 0), (u64::MAX, u64::MAX), usize::MAX).unwrap(),
+                all.clone()
+            );
+            for (fa, fe, ta, te, limit) in cuts {
+                let from = (1_000 + fa, fe);
+                let to = (1_000 + ta, te);
+                let want: Vec<JournalRow> = all
+                    .iter()
+                    .filter(|r| at(r) >= from && at(r) < to)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                proptest::prop_assert_eq!(j.rows(&*store.snapshot(), from, to, limit).unwrap(), want);
+                let last = all.iter().rfind(|r| at(r) < from).cloned();
+                proptest::prop_assert_eq!(j.last_before(&*store.snapshot(), from).unwrap(), last);
+            }
+        }
+    }
+
+    #[test]
+    fn small_rows_share_blocks_and_the_first_ride_inline() {
+        let store = crate::store::MemoryViews::default();
+        let j = JournalOf::Stock(stock());
+        let all = post_rows(&store, &j, None, &[(1, 8); 400]);
+        let blocks = store.scan_prefix(&j.prefix()).unwrap();
+        let lens: Vec<usize> = all.iter().map(|r| encode(r).len()).collect();
+        let longest = *lens.iter().max().unwrap();
+        // The first rows that fit ride inline...
+        let inline = lens
+            .iter()
+            .scan(0, |sum, l| {
+                *sum += l;
+                Some(*sum)
+            })
+            .take_while(|&sum| sum <= INLINE_JOURNAL_BYTES)
+            .count();
+        assert!(inline >= 2, "rows of {lens:?} bytes");
+        let book: Book =
+            decode(b"bs/", &store.get(&key::stock(&stock())).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            decode_rows(b"bs/", &book.journal.inline).unwrap(),
+            all[..inline]
+        );
+        // ...and the rest fill blocks: every block but the last to within a row.
+        assert!(blocks.len() < 400 / 8, "{} blocks", blocks.len());
+        let mut n = inline;
+        for (i, (k, v)) in blocks.iter().enumerate() {
+            let rows = decode_rows(k, v).unwrap();
+            assert_eq!(*k, key::at(&j.prefix(), rows[0].at_ms, rows[0].entry));
+            assert_eq!(rows, all[n..n + rows.len()]);
+            n += rows.len();
+            assert!(v.len() <= JOURNAL_BLOCK_BYTES);
+            assert!(i + 1 == blocks.len() || v.len() + longest > JOURNAL_BLOCK_BYTES);
+        }
+        assert_eq!(n, all.len());
+        let head = book.journal.head.unwrap();
+        let (last_key, last_block) = blocks.last().unwrap();
+        assert_eq!(*last_key, key::at(&j.prefix(), head.at_ms, head.entry));
+        assert_eq!(last_block.len(), head.len as usize);
+    }
+
+    #[test]
+    fn a_lot_s_first_holding_keeps_its_journal_in_the_lot_view() {
+        let store = crate::store::MemoryViews::default();
+        let h = Holding {
+            enterprise: "E",
+            site: "s",
+            substance: "S",
+            lot: "L-1",
+        };
+        let lot = LotView {
+            substance: "S".into(),
+            created_by: "E".into(),
+            created_by_entry: 10,
+            site: "s".into(),
+            derived_from: None,
+            book: Book::default(),
+        };
+        let j = JournalOf::Holding(h.clone());
+        let all = post_rows(&store, &j, Some(&lot), &[(1, 8); 3]);
+        assert_eq!(store.scan_prefix(b"j/").unwrap(), vec![], "no journal key");
+        assert_eq!(store.get(&key::balance(&h)).unwrap(), None);
+        assert_eq!(
+            j.rows(&*store.snapshot(), (0, 0), (u64::MAX, u64::MAX), 10)
+                .unwrap(),
+            all
+        );
+        assert_eq!(
+            j.last_before(&*store.snapshot(), (all[2].at_ms, 0))
+                .unwrap(),
+            Some(all[1].clone())
+        );
+        // Another holding of the same lot reads nothing from the lot's view.
+        let other = JournalOf::Holding(Holding { site: "t", ..h });
+        assert_eq!(
+            other
+                .rows(&*store.snapshot(), (0, 0), (u64::MAX, u64::MAX), 10)
+                .unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_block_shorter_than_its_book_says_is_refused() {
+        let store = crate::store::MemoryViews::default();
+        let j = JournalOf::Stock(stock());
+        post_rows(&store, &j, None, &[(1, 600); 2]);
+        let (k, mut v) = store.scan_prefix(&j.prefix()).unwrap().pop().unwrap();
+        v.pop();
+        store.apply(vec![(k, Some(v))]).unwrap();
+        let mut book: Book =
+            decode(b"bs/", &store.get(&key::stock(&stock())).unwrap().unwrap()).unwrap();
+        let row = JournalRow {
+            entry: 99,
+            at_ms: 5_000,
+            lot: String::new(),
+            event: Event::Count {
+                counted: 0,
+                book: 0,
+                inspector: false,
+            },
+            totals: Totals::default(),
+        };
+        let e = book
+            .journal
+            .push(&j.prefix(), &row, &|k| store.get(k))
+            .unwrap_err();
+        assert!(e.to_string().contains("its book says"), "{e}");
     }
 }

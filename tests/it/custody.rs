@@ -17,8 +17,8 @@ use taizhang::client::{entry_ref, mg, RecordSigner};
 use taizhang::codec;
 use taizhang::crypto;
 use taizhang::ledger::views::{
-    key, CountedView, Event, Holding, JournalRow, LossView, PermitView, PostedView, ShipmentView,
-    Stock, Term, Totals,
+    key, Book, CountedView, Event, Holding, JournalOf, JournalRow, LossView, PermitView,
+    PostedView, ShipmentView, Stock, Term, Totals,
 };
 use taizhang::pb::{
     self, ledger_client::LedgerClient, record_body::Payload, Activity, Category, LegKind, LossKind,
@@ -382,24 +382,10 @@ impl H {
             .unwrap_or_default()
     }
 
-    fn rows(&self, prefix: &[u8]) -> Vec<JournalRow> {
-        self.views()
-            .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| {
-                self.server
-                    .ledger
-                    .view::<JournalRow>(k)
-                    .expect("view")
-                    .expect("row")
-            })
-            .collect()
-    }
-
     /// The lot holding's journal, oldest first.
     fn journal(&self, who: &str, site: &str, substance: &str, lot: &str) -> Vec<JournalRow> {
         let code = self.code(who);
-        self.rows(&key::journal(&Holding {
+        self.journal_rows(JournalOf::Holding(Holding {
             enterprise: &code,
             site,
             substance,
@@ -407,10 +393,21 @@ impl H {
         }))
     }
 
+    /// Every row of a journal, oldest first, as the audit reads them.
+    fn journal_rows(&self, j: JournalOf<'_>) -> Vec<JournalRow> {
+        j.rows(
+            &*self.server.ledger.snapshot(),
+            (0, 0),
+            (u64::MAX, u64::MAX),
+            usize::MAX,
+        )
+        .expect("journal")
+    }
+
     /// The site × substance journal, oldest first.
     fn stock_journal(&self, who: &str, site: &str, substance: &str) -> Vec<JournalRow> {
         let code = self.code(who);
-        self.rows(&key::stock_journal(&Stock {
+        self.journal_rows(JournalOf::Stock(Stock {
             enterprise: &code,
             site,
             substance,
@@ -3530,14 +3527,14 @@ fn ledger_books(h: &H, what: &str) -> BTreeMap<String, Sums> {
             if let Some(rest) = k.strip_prefix(b"b/".as_slice()) {
                 let parts: Vec<&[u8]> = rest.split(|b| *b == 0).collect();
                 assert_eq!(parts.len(), 5, "{what}: balance key {k:?}");
-                let t: Totals = h.server.ledger.view(k).expect("view").expect("totals");
-                Some(([parts[0], parts[1], parts[2]].map(<[u8]>::to_vec), t))
+                let b: Book = h.server.ledger.view(k).expect("view").expect("book");
+                Some(([parts[0], parts[1], parts[2]].map(<[u8]>::to_vec), b.totals))
             } else if k.starts_with(b"l/") {
                 let l: taizhang::ledger::views::LotView =
                     h.server.ledger.view(k).expect("view").expect("lot");
                 Some((
                     [l.created_by, l.site, l.substance].map(String::into_bytes),
-                    l.totals,
+                    l.book.totals,
                 ))
             } else {
                 None
@@ -3583,7 +3580,13 @@ fn ledger_books(h: &H, what: &str) -> BTreeMap<String, Sums> {
         "{what}: site × substance totals and lot holdings disagree on which stocks exist"
     );
     for k in stocks {
-        let t: Totals = h.server.ledger.view(k).expect("view").expect("totals");
+        let t = h
+            .server
+            .ledger
+            .view::<Book>(k)
+            .expect("view")
+            .expect("book")
+            .totals;
         assert_eq!(
             Some(&t),
             lots_by_stock.get(k),

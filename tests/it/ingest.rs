@@ -2545,12 +2545,15 @@ impl Books {
             .map(|(k, _)| {
                 // A lot's first holding keeps its totals in the lot's view.
                 let totals = if k.starts_with(b"b/") {
-                    h.server.ledger.view::<taizhang::ledger::views::Totals>(k)
+                    h.server
+                        .ledger
+                        .view::<taizhang::ledger::views::Book>(k)
+                        .map(|b| b.map(|b| b.totals))
                 } else if k.starts_with(b"l/") {
                     h.server
                         .ledger
                         .view::<taizhang::ledger::views::LotView>(k)
-                        .map(|l| l.map(|l| l.totals))
+                        .map(|l| l.map(|l| l.book.totals))
                 } else {
                     return 0;
                 };
