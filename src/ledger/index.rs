@@ -350,13 +350,25 @@ mod tests {
         for (k, v) in f.store.scan_prefix(b"xr/").unwrap() {
             runs.extend(views::decode_run_roots(&k, &v).unwrap());
         }
-        let tail: Vec<EntryView> = (n / RUN * RUN..n)
+        // The run tail holds the latest run's entries, complete or not.
+        let held = views::decode_run_tail(
+            b"xt/",
+            &f.store.get(&views::key::run_tail()).unwrap().unwrap(),
+        )
+        .unwrap();
+        let want: Vec<EntryView> = ((n - 1) / RUN * RUN..n)
             .map(|i| EntryView {
                 location: f.locations[i as usize],
                 leaf_hash: hash(i),
             })
             .collect();
-        EntryIndex::from_views(&runs, &tail)
+        assert_eq!(held, want, "the run tail of {n} entries");
+        let tail = if n.is_multiple_of(RUN) {
+            &[][..]
+        } else {
+            &held[..]
+        };
+        EntryIndex::from_views(&runs, tail)
     }
 
     #[test]

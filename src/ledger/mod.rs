@@ -263,10 +263,10 @@ impl Shared {
 }
 
 /// The entry index the views hold for the first `from.entries` entries: the run roots (`xr/`)
-/// and, from the last entry index block, the entries after the last complete run. Or why the
+/// and, from the run tail (`xt/`), the entries after the last complete run. Or why the
 /// views do not add up (they are then rebuilt from the log).
 fn load_index(views: &dyn ViewStore, from: &Position) -> Result<EntryIndex, String> {
-    use views::{BLOCK, ROOTS_PER_KEY, RUN};
+    use views::{ROOTS_PER_KEY, RUN};
     let n = from.entries;
     let runs = n / RUN;
     let keys = views.scan_prefix(b"xr/").map_err(|e| e.to_string())?;
@@ -288,35 +288,25 @@ fn load_index(views: &dyn ViewStore, from: &Position) -> Result<EntryIndex, Stri
             roots.len()
         ));
     }
-    let last = n - 1;
-    let name = key::entry_block(last / BLOCK);
+    let name = key::run_tail();
     let bytes = views
         .get(&name)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
-    let entries = views::decode_entry_block(&name, &bytes).map_err(|e| e.to_string())?;
-    if entries.len() as u64 != last % BLOCK + 1 {
+    let entries = views::decode_run_tail(&name, &bytes).map_err(|e| e.to_string())?;
+    let held = (n - 1) % RUN + 1;
+    if entries.len() as u64 != held {
         return Err(format!(
-            "entry index block {} holds {} entries; the views' position says {}",
-            last / BLOCK,
-            entries.len(),
-            last % BLOCK + 1
+            "the run tail holds {} entries; the views' position says {held}",
+            entries.len()
         ));
     }
-    let beyond = views
-        .get(&key::entry_block(last / BLOCK + 1))
-        .map_err(|e| e.to_string())?;
-    if beyond.is_some() {
-        return Err("the entry index runs past the views' position".into());
-    }
     if entries.last().map(|e| e.leaf_hash) != Some(from.last_hash) {
-        return Err("entry index does not end at the recorded position".into());
+        return Err("the run tail does not end at the recorded position".into());
     }
-    let skip = (runs * RUN).saturating_sub(last / BLOCK * BLOCK) as usize;
-    Ok(EntryIndex::from_views(
-        &roots,
-        &entries[skip.min(entries.len())..],
-    ))
+    // A complete run in the tail is among the run roots already.
+    let tail = if held == RUN { &[][..] } else { &entries[..] };
+    Ok(EntryIndex::from_views(&roots, tail))
 }
 
 /// A handle to an open ledger; cheap to clone.
@@ -955,38 +945,20 @@ impl Ledger {
     }
 
     /// Prepares submissions on all available cores, keeping their order; refusals pass through.
+    /// The signature checks run on the verify pool ([`verify_pool`]), below the writer's
+    /// priority.
     pub fn prepare_all(
         &self,
         subs: Vec<Result<Submission, Refusal>>,
     ) -> Vec<Result<Prepared, Refusal>> {
+        use rayon::prelude::*;
         let one = |s: Result<Submission, Refusal>| s.and_then(|s| self.prepare(s));
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        if subs.len() < 64 || threads == 1 {
-            return subs.into_iter().map(one).collect();
+        match verify_pool() {
+            Some(pool) if subs.len() > 1 => {
+                pool.install(|| subs.into_par_iter().with_min_len(16).map(one).collect())
+            }
+            _ => subs.into_iter().map(one).collect(),
         }
-        let chunk = subs.len().div_ceil(threads);
-        let mut chunks: Vec<Vec<Result<Submission, Refusal>>> = Vec::new();
-        let mut it = subs.into_iter().peekable();
-        while it.peek().is_some() {
-            chunks.push(it.by_ref().take(chunk).collect());
-        }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .into_iter()
-                .map(|c| {
-                    (
-                        c.len(),
-                        scope.spawn(move || c.into_iter().map(one).collect::<Vec<_>>()),
-                    )
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|(n, h)| h.join().unwrap_or_else(|_| panicked(n)))
-                .collect()
-        })
     }
 
     /// Stops the writer after what was submitted before this call and flushes the views.
@@ -1759,6 +1731,37 @@ fn stage_group(shared: &Arc<Shared>, w: &mut Writer, jobs: Vec<Job>) -> Option<S
     Some(staged)
 }
 
+/// The threads that check signatures ahead of the writer: one per core, each at the lowest
+/// scheduling priority (nice 19). Signature checks are most of ingest's CPU and can wait; the
+/// writer, the sync thread, the view flusher and the network cannot without stalling the whole
+/// pipeline. At equal priority the writer got a fair share among up to 16 verifying threads
+/// and, with every record already checked, finished the backlog alone on a half-idle machine
+/// (docs/performance.md). `None` if the pool could not be started: records are then checked on
+/// the caller's thread.
+pub fn verify_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            )
+            .thread_name(|i| format!("taizhang-verify-{i}"))
+            .start_handler(|_| {
+                if let Err(e) = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                ) {
+                    tracing::warn!(error = ?e, "verify thread keeps its priority");
+                }
+            })
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no verify pool"))
+            .ok()
+    })
+    .as_ref()
+}
+
 /// Holds the view store's read gate; on drop, hands it to whoever waits for it (the flusher)
 /// before this thread can take it again.
 struct FairGuard<'a>(Option<parking_lot::RwLockReadGuard<'a, ()>>);
@@ -2347,4 +2350,40 @@ pub fn reindex_with_progress(cfg: Config, progress: &AtomicU64) -> Result<OpenRe
 /// Path helpers for a data dir.
 pub fn log_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("log")
+}
+
+#[cfg(test)]
+mod tests {
+    /// This thread's nice value, from `/proc/thread-self/stat` (Linux).
+    fn nice() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .expect("fields")
+            .split_whitespace()
+            .collect();
+        // Field 19 of stat (nice) is at 16 after the command name.
+        fields[16].parse().expect("nice")
+    }
+
+    #[test]
+    fn signatures_are_checked_below_the_callers_priority() {
+        let pool = super::verify_pool().expect("the verify pool starts");
+        let mine = nice();
+        let theirs = pool.install(nice);
+        assert_eq!(theirs, 19, "verify threads run at the lowest priority");
+        assert_eq!(nice(), mine, "the caller keeps its own priority");
+        let names: Vec<String> = pool.install(|| {
+            use rayon::prelude::*;
+            (0..64)
+                .into_par_iter()
+                .map(|_| std::thread::current().name().unwrap_or("").to_string())
+                .collect()
+        });
+        assert!(
+            names.iter().all(|n| n.starts_with("taizhang-verify-")),
+            "{names:?}"
+        );
+    }
 }

@@ -22,7 +22,8 @@ pub const META_FORMAT: &[u8] = b"meta/format";
 /// that name the permits they drew on.
 /// 6 = a signer's head carries its current seq-index block; a lot's view, its first holding's
 /// totals; a produce has no `po/` until corrected. 7 = the roots of the tree's 32-leaf runs
-/// (`xr/`). 8 = journals packed in blocks, their first rows inline in the book ([`Book`]).
+/// (`xr/`). 8 = journals packed in blocks, their first rows inline in the book ([`Book`]);
+/// no entry index blocks (`x/`), only the latest run's entries (`xt/`); 64 run roots to a key.
 pub const VIEW_FORMAT: u32 = 8;
 
 /// A registered key.
@@ -722,8 +723,8 @@ pub struct EntryView {
 }
 
 impl EntryView {
-    /// Bytes of one entry in an entry index block: segment u64, offset u64, len u32 (all
-    /// big-endian), leaf hash.
+    /// Bytes of one entry in the run tail: segment u64, offset u64, len u32 (all big-endian),
+    /// leaf hash.
     pub const WIDTH: usize = 8 + 8 + 4 + 32;
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -747,13 +748,13 @@ impl EntryView {
     }
 }
 
-/// The entries of an entry index block (see [`EntryView::WIDTH`]).
-pub fn decode_entry_block(key: &[u8], bytes: &[u8]) -> Result<Vec<EntryView>, StoreError> {
+/// The entries of the run tail (`xt/`, see [`EntryView::WIDTH`]).
+pub fn decode_run_tail(key: &[u8], bytes: &[u8]) -> Result<Vec<EntryView>, StoreError> {
     if !bytes.len().is_multiple_of(EntryView::WIDTH)
-        || bytes.len() / EntryView::WIDTH > BLOCK as usize
+        || bytes.len() / EntryView::WIDTH > RUN as usize
     {
         return Err(StoreError::Views(format!(
-            "entry index block {} holds {} bytes, not whole entries",
+            "run tail {} holds {} bytes, not whole entries of one run",
             String::from_utf8_lossy(key),
             bytes.len()
         )));
@@ -862,7 +863,7 @@ fn timed(mut k: Vec<u8>, at_ms: u64, entry: u64) -> Vec<u8> {
     k
 }
 
-/// Per-record indexes (entry locations, a key's seq → entry) are packed in blocks of this many,
+/// A key's seq → entry index is packed in blocks of this many,
 /// so a record costs the view store no write of its own for them; blocks are fixed by index, so
 /// a reindex writes exactly the same keys and values.
 pub const BLOCK: u64 = 256;
@@ -876,7 +877,7 @@ pub const RUN_LEVEL: u32 = 5;
 /// Leaves per run.
 pub const RUN: u64 = 1 << RUN_LEVEL;
 /// Run roots per `xr/` key.
-pub const ROOTS_PER_KEY: u64 = 256;
+pub const ROOTS_PER_KEY: u64 = 64;
 
 /// View keys. Strings are NUL-terminated (ingest refuses NUL in identifiers).
 pub mod key {
@@ -1027,9 +1028,10 @@ pub mod key {
         ]
         .concat()
     }
-    /// Locations and leaf hashes of entries `[block * BLOCK, (block + 1) * BLOCK)`.
-    pub fn entry_block(block: u64) -> Vec<u8> {
-        [b"x/".as_slice(), &block.to_be_bytes()].concat()
+    /// Locations and leaf hashes of the entries of the latest run, complete or not: entries
+    /// `[(n - 1) / RUN * RUN, n)` of a ledger of `n`.
+    pub fn run_tail() -> Vec<u8> {
+        b"xt/".to_vec()
     }
     /// Runs `[k * ROOTS_PER_KEY, (k + 1) * ROOTS_PER_KEY)`: each its root (32 bytes) and its
     /// first entry's segment and offset (u64 big-endian each); see [`RunView`].
@@ -1218,19 +1220,21 @@ impl<'s> Views<'s> {
             .and_then(from))
     }
 
-    /// Records entries `first..first + entries.len()` (appended in order). A block is its
-    /// entries at [`EntryView::WIDTH`] bytes each, appended in place; each run the entries
-    /// complete appends its root to its `xr/` key.
+    /// Records entries `first..first + entries.len()` (appended in order). The latest run's
+    /// entries are kept in the run tail (`xt/`, [`EntryView::WIDTH`] bytes each, appended in
+    /// place); each run the entries complete appends its root and start to its `xr/` key, and
+    /// the next run's first entry starts the tail afresh.
     pub fn push_entries(&mut self, first: u64, entries: &[EntryView]) -> Result<(), StoreError> {
         for (i, e) in entries.iter().enumerate() {
             let index = first + i as u64;
-            let k = key::entry_block(index / BLOCK);
-            let want = (index % BLOCK) as usize * EntryView::WIDTH;
-            let block = self.append_in_place(k, want, |b| e.encode_into(b))?;
+            if index.is_multiple_of(RUN) {
+                self.put_raw(key::run_tail(), Vec::new());
+            }
+            let want = (index % RUN) as usize * EntryView::WIDTH;
+            let tail = self.append_in_place(key::run_tail(), want, |b| e.encode_into(b))?;
             if (index + 1).is_multiple_of(RUN) {
                 let run = index / RUN;
-                let start = block.len() - RUN as usize * EntryView::WIDTH;
-                let entries: Vec<EntryView> = block[start..]
+                let entries: Vec<EntryView> = tail
                     .chunks_exact(EntryView::WIDTH)
                     .map(EntryView::decode)
                     .collect();
@@ -1451,7 +1455,7 @@ mod tests {
     }
 
     #[test]
-    fn entry_blocks_round_trip_and_refuse_partial_entries() {
+    fn the_run_tail_round_trips_and_refuses_partial_entries_or_more_than_a_run() {
         let e = EntryView {
             location: Location {
                 segment: 3,
@@ -1464,9 +1468,16 @@ mod tests {
         e.encode_into(&mut b);
         e.encode_into(&mut b);
         assert_eq!(b.len(), 2 * EntryView::WIDTH);
-        assert_eq!(decode_entry_block(b"x/", &b).unwrap(), vec![e, e]);
+        assert_eq!(decode_run_tail(b"xt/", &b).unwrap(), vec![e, e]);
         b.pop();
-        assert!(decode_entry_block(b"x/", &b).is_err());
+        assert!(decode_run_tail(b"xt/", &b).is_err());
+        let mut run = Vec::new();
+        for _ in 0..RUN {
+            e.encode_into(&mut run);
+        }
+        assert_eq!(decode_run_tail(b"xt/", &run).unwrap().len(), RUN as usize);
+        e.encode_into(&mut run);
+        assert!(decode_run_tail(b"xt/", &run).is_err());
     }
 
     /// Rows `at` (time step, lot name length) pushed to `j` in order, the book kept at
