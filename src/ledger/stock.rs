@@ -1,7 +1,9 @@
 //! The books (台账): every quantity that moves into or out of a holding is posted here, once per
-//! holding per entry, to two journals — the lot's (`j/`) and the site × substance's (`js/`) —
-//! each row carrying the running totals of every mass-balance term after it. A mass balance over
-//! any period is then two seeks and a difference (`audit::balance`); nothing scans the log.
+//! holding per entry, to two journals — the lot's and the site × substance's — each row carrying
+//! the running totals of every mass-balance term after it. A journal's first rows ride in its
+//! book (`b/`, `bs/`, or the lot's view for its first holding), the rest in blocks (`j/`, `js/`;
+//! see `views::Journal`). A mass balance over any period is then two seeks and a difference
+//! (`audit::balance`); nothing scans the log.
 //!
 //! Like every rule, a posting is checked in full (`prepare`) before anything is written
 //! (`Posting::write`), so a refused record changes nothing.
@@ -165,26 +167,9 @@ fn prepare_at(
         substance: h.substance,
     };
     let stock_key = key::stock(&stock);
-    // Where this holding's book lives: in the lot's view for its first holding (the one being
-    // created, or the one it was created at), under `b/` for any other.
-    let first: Option<LotView> = match creates {
-        Some(lot) => Some(lot),
-        None => v
-            .get::<LotView>(&key::lot(h.lot))
-            .map_err(se)?
-            .filter(|l| l.is_first_holding(h)),
-    };
     // A lot being created has no holding anywhere yet (its name was just found unused).
-    let mut lot_book = match &first {
-        Some(lot) => {
-            debug_assert!(!creates_lot || matches!(v.get::<Book>(&key::balance(h)), Ok(None)));
-            lot.book.clone()
-        }
-        None => v
-            .get::<Book>(&key::balance(h))
-            .map_err(se)?
-            .unwrap_or_default(),
-    };
+    debug_assert!(!creates_lot || matches!(v.get::<Book>(&key::balance(h)), Ok(None)));
+    let (first, mut lot_book) = holding_book(v, h, creates)?;
     let mut stock_book = v.get::<Book>(&stock_key).map_err(se)?.unwrap_or_default();
     lot_book.totals = changed(lot_book.totals, &change, field, &|| {
         format!("lot `{}` at site `{}`", h.lot, h.site)
@@ -226,6 +211,30 @@ fn prepare_at(
     Ok(Posting { writes })
 }
 
+/// Holding `h`'s book, and the lot's view that keeps it if `h` is the lot's first holding:
+/// `creates` for a lot being created, else the lot's view as it stands.
+fn holding_book(
+    v: &Views<'_>,
+    h: &Holding<'_>,
+    creates: Option<LotView>,
+) -> Result<(Option<LotView>, Book), Refusal> {
+    let first = match creates {
+        Some(lot) => Some(lot),
+        None => v
+            .get::<LotView>(&key::lot(h.lot))
+            .map_err(se)?
+            .filter(|l| l.is_first_holding(h)),
+    };
+    let book = match &first {
+        Some(lot) => lot.book.clone(),
+        None => v
+            .get::<Book>(&key::balance(h))
+            .map_err(se)?
+            .unwrap_or_default(),
+    };
+    Ok((first, book))
+}
+
 /// The write that keeps holding `h`'s `book`: its lot's view `first` if it is the lot's first
 /// holding, else its own key.
 fn book_write(h: &Holding<'_>, first: Option<LotView>, book: Book) -> (Vec<u8>, Vec<u8>) {
@@ -264,17 +273,7 @@ pub(super) fn count(
             substance: c.substance,
             lot: c.lot,
         };
-        let first = v
-            .get::<LotView>(&key::lot(h.lot))
-            .map_err(se)?
-            .filter(|l| l.is_first_holding(&h));
-        let mut book = match &first {
-            Some(lot) => lot.book.clone(),
-            None => v
-                .get::<Book>(&key::balance(&h))
-                .map_err(se)?
-                .unwrap_or_default(),
-        };
+        let (first, mut book) = holding_book(v, &h, None)?;
         let totals = book.totals;
         let book_qty = totals.balance() as u64;
         lots.push((
