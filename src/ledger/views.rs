@@ -56,6 +56,7 @@ pub struct Head {
     /// The entry indices of the seqs of the current seq-index block (from
     /// `next_seq - next_seq % BLOCK`), 8 bytes big-endian each: the head carries them until
     /// the block is full and moves to its own key, so advancing a chain is one view write.
+    #[serde(with = "serde_bytes")]
     pub block: Vec<u8>,
 }
 
@@ -491,7 +492,9 @@ pub struct JournalHead {
 /// A journal's rows as its book keeps them: the first ones inline, then blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
-    /// Encoded `JournalRow`s, back to back, oldest first.
+    /// Encoded `JournalRow`s, back to back, oldest first (as bytes: the same encoding as a
+    /// sequence of `u8`, without a call per byte).
+    #[serde(with = "serde_bytes")]
     pub inline: Vec<u8>,
     /// The newest block, once the rows no longer fit inline.
     pub head: Option<JournalHead>,
@@ -1687,5 +1690,31 @@ mod tests {
             .push(&j.prefix(), &row, &|k| store.get(k))
             .unwrap_err();
         assert!(e.to_string().contains("its book says"), "{e}");
+    }
+
+    #[test]
+    fn byte_fields_encode_as_a_sequence_of_u8_would() {
+        #[derive(Serialize)]
+        struct AsSeq {
+            next_seq: u64,
+            prev_body_hash: [u8; 32],
+            last_index: Option<u64>,
+            block: Vec<u8>,
+        }
+        let block: Vec<u8> = (0..=255u8).chain(0..40).collect();
+        let head = Head {
+            next_seq: 300,
+            prev_body_hash: [7; 32],
+            last_index: Some(299),
+            block: block.clone(),
+        };
+        let seq = AsSeq {
+            next_seq: 300,
+            prev_body_hash: [7; 32],
+            last_index: Some(299),
+            block,
+        };
+        assert_eq!(encode(&head), encode(&seq));
+        assert_eq!(decode::<Head>(b"h/", &encode(&seq)).unwrap(), head);
     }
 }
