@@ -5,14 +5,16 @@
 //! Records are signed before any timed phase, so client CPU goes to sending only. "Durable":
 //! every receipt is sent after the segment file's fdatasync.
 //!
-//! Phases: raw verify (1 and 2 threads) → unary gRPC alone (GetSignerHead, 64 in flight: the
-//! machine's limit for unary calls) → the ledger alone (64 in-process submitters, no gRPC) →
+//! Phases: raw verify (1 and 2 threads) → unary gRPC alone (GetSignerHead, a signed query, 64
+//! in flight) → the unary floor (GetCheckpoint: public, unsigned, 64 in flight: what a unary call
+//! costs here before any work) → the ledger alone (64 in-process submitters, no gRPC) →
 //! unary Submit with 64 in flight (64 keys, one sequential client each) → bulk SubmitStream
 //! (4 streams; `TZ_BENCH_STREAMS`) → bulk SubmitBatch (batches of 500). Each phase's rate is
 //! reported against the 2-thread verify rate measured just before and just after it.
 //!
-//! Run: `cargo bench --bench ingest` (env `TZ_BENCH_RECORDS` = records per phase, default 20000;
-//! `TZ_BENCH_ONLY=unary,stream` runs some phases).
+//! Run: `cargo bench --bench ingest` (env `TZ_BENCH_RECORDS` = records per phase, default
+//! 100,000: several seconds a phase, so filling and draining the pipeline at either end is a
+//! small part of it; `TZ_BENCH_ONLY=unary,stream` runs some phases).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -88,7 +90,7 @@ fn main() {
     let n: usize = std::env::var("TZ_BENCH_RECORDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if bench_mode { 20_000 } else { 256 });
+        .unwrap_or(if bench_mode { 100_000 } else { 256 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -259,6 +261,42 @@ async fn run(n: usize) {
         let v = bracket(before, raw_verify_rate(2, &msgs));
         report.push(format!(
             "  unary gRPC alone (GetSignerHead), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per record",
+            100.0 * rate / v,
+            100.0 * cpu,
+            2e6 * cpu / rate
+        ));
+    }
+
+    // The floor of a unary call here: GetCheckpoint (public, unsigned; a ~300-byte answer).
+    if run_phase("null0") {
+        let per = n / 64;
+        quiet();
+        let before = raw_verify_rate(2, &msgs);
+        let start = Instant::now();
+        let cpu0 = cpu_seconds();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut c = LedgerClient::connect(url).await.unwrap();
+                    for _ in 0..per {
+                        c.get_checkpoint(pb::GetCheckpointRequest { witnessed: false })
+                            .await
+                            .expect("checkpoint");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+        let rate = (per * 64) as f64 / secs;
+        quiet();
+        let v = bracket(before, raw_verify_rate(2, &msgs));
+        report.push(format!(
+            "  unary gRPC floor (GetCheckpoint, unsigned), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per call",
             100.0 * rate / v,
             100.0 * cpu,
             2e6 * cpu / rate
