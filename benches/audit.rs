@@ -349,40 +349,7 @@ async fn run(tmp: &tempfile::TempDir, entries: usize, calls: usize) -> Config {
     // Proofs of entries spread over the whole ledger, in-process: each touches a different
     // 32-leaf run, read from the entry index in the views (the common case for an inspector's
     // `GetInclusionProof`; receipts prove recent entries, which are in memory).
-    println!("proofs in-process, indices spread over the whole ledger:");
-    let size = ledger.size();
-    let (_, _, root) = ledger.checkpoint().unwrap();
-    let mut k = 12_345u64;
-    let mut spread = move || {
-        k = (k.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1)) >> 1;
-        k % size
-    };
-    let mut lat = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let i = spread();
-        let t = Instant::now();
-        let (n, leaf, proof) = ledger.inclusion_proof(i, size).unwrap();
-        lat.push(t.elapsed());
-        taizhang::merkle::verify_inclusion::<taizhang::merkle::Blake3Hasher, _>(
-            i, n, &leaf, &proof, &root,
-        )
-        .unwrap();
-    }
-    report("inclusion proof (random entry, latest size)", lat);
-    let mut lat = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let from = spread().max(1);
-        let t = Instant::now();
-        let (_, proof) = ledger.consistency_proof(from, size).unwrap();
-        lat.push(t.elapsed());
-        let old = ledger.root_at(from).unwrap();
-        taizhang::merkle::verify_consistency::<taizhang::merkle::Blake3Hasher, _>(
-            from, size, &old, &root, &proof,
-        )
-        .unwrap();
-    }
-    report("consistency proof (random size to latest)", lat);
-    println!("  target (issue #7): inclusion / consistency proof at 10 M entries ≤ 50 µs each");
+    proof_figures(&ledger, calls);
 
     println!("query latency, one client, sequential (loopback gRPC unless noted):");
     let mut lat = Vec::with_capacity(calls);
@@ -647,6 +614,45 @@ fn released(cfg: &Config) {
     );
 }
 
+/// Inclusion and consistency proofs of entries spread over the whole ledger, in-process, each
+/// checked against the latest checkpoint's root.
+fn proof_figures(ledger: &Ledger, calls: usize) {
+    println!("proofs in-process, indices spread over the whole ledger:");
+    let size = ledger.size();
+    let (_, _, root) = ledger.checkpoint().unwrap();
+    let mut k = 12_345u64;
+    let mut spread = move || {
+        k = (k.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1)) >> 1;
+        k % size
+    };
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let i = spread();
+        let t = Instant::now();
+        let (n, leaf, proof) = ledger.inclusion_proof(i, size).unwrap();
+        lat.push(t.elapsed());
+        taizhang::merkle::verify_inclusion::<taizhang::merkle::Blake3Hasher, _>(
+            i, n, &leaf, &proof, &root,
+        )
+        .unwrap();
+    }
+    report("inclusion proof (random entry, latest size)", lat);
+    let mut lat = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let from = spread().max(1);
+        let t = Instant::now();
+        let (_, proof) = ledger.consistency_proof(from, size).unwrap();
+        lat.push(t.elapsed());
+        let old = ledger.root_at(from).unwrap();
+        taizhang::merkle::verify_consistency::<taizhang::merkle::Blake3Hasher, _>(
+            from, size, &old, &root, &proof,
+        )
+        .unwrap();
+    }
+    report("consistency proof (random size to latest)", lat);
+    println!("  target (issue #7): inclusion / consistency proof at 10 M entries ≤ 50 µs each");
+}
+
 /// Reopen (twice: the second after a clean close of the first) and (up to 1 M entries, or with
 /// `TZ_BENCH_REINDEX=1`) reindex of the ledger built.
 async fn reopen_figures(cfg: Config) {
@@ -665,6 +671,17 @@ async fn reopen_figures(cfg: Config) {
             println!("    {phase}: {:.3} s", took.as_secs_f64());
         }
         entries = reopened.size();
+        // `TZ_BENCH_PROOFS=N`: N proofs on the reopened ledger (cold caches, as after a restart).
+        if let Some(calls) = std::env::var("TZ_BENCH_PROOFS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| round == "reopen")
+        {
+            // While the scrub re-reads the log (at the lowest priority), as after a restart.
+            println!("  scrub of the log before the proofs: {:?}", reopened.scrub());
+            proof_figures(&reopened, calls);
+            println!("  scrub of the log after them: {:?}", reopened.scrub());
+        }
         reopened.close().await;
         drop(reopened);
         released(&cfg);
