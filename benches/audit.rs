@@ -9,6 +9,9 @@
 //! to sled before anything is timed, so queries read sled, not the write-back layer.
 //!
 //! Run: `cargo bench --bench audit` (`TZ_BENCH_ENTRIES=1000000 cargo bench --bench audit`).
+//! `TZ_BENCH_KEEP=1` keeps the data dir built; `TZ_BENCH_REOPEN=DIR` then measures only the
+//! reopen of it (with `TZ_BENCH_PROOFS=N`, N proofs while the scrub runs and N after it; with
+//! `TZ_BENCH_REINDEX=1`, the reindex).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -90,6 +93,15 @@ fn main() {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let tmp = tempfile::tempdir_in(&base).unwrap();
     let cfg = rt.block_on(run(&tmp, entries, if bench_mode { 1_000 } else { 20 }));
+    // `TZ_BENCH_KEEP=1`: the data dir stays, for `TZ_BENCH_REOPEN=DIR` (or a profile of it).
+    // Otherwise it goes when `_tmp` does, at the end.
+    let _tmp = if std::env::var_os("TZ_BENCH_KEEP").is_some() {
+        println!("  data dir kept: {}", cfg.data_dir.display());
+        let _ = tmp.keep();
+        None
+    } else {
+        Some(tmp)
+    };
     // The runtime goes first: its tasks (the server's connections) hold the ledger too.
     drop(rt);
     released(&cfg);
@@ -678,9 +690,18 @@ async fn reopen_figures(cfg: Config) {
             .filter(|_| round == "reopen")
         {
             // While the scrub re-reads the log (at the lowest priority), as after a restart.
-            println!("  scrub of the log before the proofs: {:?}", reopened.scrub());
+            println!(
+                "  scrub of the log before the proofs: {:?}",
+                reopened.scrub()
+            );
             proof_figures(&reopened, calls);
-            println!("  scrub of the log after them: {:?}", reopened.scrub());
+            let t = Instant::now();
+            let scrub = reopened.scrub_done().await;
+            println!(
+                "  scrub of the log: {scrub:?}, {:.1} s after the proofs; once it is done:",
+                t.elapsed().as_secs_f64()
+            );
+            proof_figures(&reopened, calls);
         }
         reopened.close().await;
         drop(reopened);

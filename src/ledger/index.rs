@@ -131,6 +131,15 @@ impl EntryIndex {
             .expect("the tree's own root needs only the upper tree and the tail")
     }
 
+    /// Complete run `run`'s root and where its first entry is in the segments, as the index
+    /// holds them (in memory).
+    pub fn run_root_and_start(&self, run: u64) -> Option<(Hash, Location)> {
+        Some((
+            self.upper.leaf(run)?,
+            *self.starts.get(usize::try_from(run).ok()?)?,
+        ))
+    }
+
     /// A complete run, if it is in memory.
     fn run_in_memory(&self, run: u64) -> Option<Arc<Run>> {
         if run >= self.hot_first {

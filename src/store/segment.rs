@@ -292,16 +292,28 @@ impl SegmentLog {
     }
 
     /// Re-reads and checks every frame before `upto` (the part `open` trusted to the views):
-    /// each frame's hash, index and chain link, that its hash is `expect(index)` (the tree the
-    /// views hold), and that the last one ends at `upto`. Returns how many frames it checked.
+    /// each frame's hash, index and chain link, that `check(index, hash, location)` accepts it
+    /// (the tree the views hold; its refusal says why), and that the last one ends at `upto`. Reads each
+    /// segment in chunks of [`SCRUB_CHUNK`] bytes, so its memory does not grow with the
+    /// segment's size. Returns how many frames it checked.
     pub fn scrub(
         dir: &Path,
         upto: &Position,
-        mut expect: impl FnMut(u64) -> Option<Hash>,
+        check: impl FnMut(u64, &Hash, Location) -> Result<(), String>,
+    ) -> Result<u64, StoreError> {
+        Self::scrub_in_chunks(dir, upto, SCRUB_CHUNK, check)
+    }
+
+    fn scrub_in_chunks(
+        dir: &Path,
+        upto: &Position,
+        chunk: usize,
+        mut check: impl FnMut(u64, &Hash, Location) -> Result<(), String>,
     ) -> Result<u64, StoreError> {
         let segments = list_segments(dir)?;
         let mut index = 0u64;
         let mut prev: Hash = [0; 32];
+        let mut buf: Vec<u8> = Vec::new();
         for (i, &first) in segments.iter().enumerate() {
             if index >= upto.entries {
                 break;
@@ -315,40 +327,60 @@ impl SegmentLog {
                     ),
                 });
             }
-            let data = fs::read(&path).map_err(|e| io("read", &path, e))?;
+            let file = File::open(&path).map_err(|e| io("open", &path, e))?;
+            let len = file.metadata().map_err(|e| io("stat", &path, e))?.len();
             let end = if first == upto.segment {
-                upto.offset as usize
+                upto.offset
             } else if i + 1 < segments.len() {
-                data.len()
+                len
             } else {
                 return Err(StoreError::DataLoss {
                     what: format!("segment {} recorded as durable is missing", upto.segment),
                 });
             };
-            if end > data.len() {
+            if end > len {
                 return Err(StoreError::DataLoss {
                     what: format!(
-                        "{} is {} bytes, shorter than its durable length {end}",
-                        path.display(),
-                        data.len()
+                        "{} is {len} bytes, shorter than its durable length {end}",
+                        path.display()
                     ),
                 });
             }
-            let mut off = 0usize;
-            while off < end && index < upto.entries {
+            // `buf` holds the file's bytes from `base`; frames are checked from `base + off`.
+            buf.clear();
+            let (mut base, mut off) = (0u64, 0usize);
+            while base + (off as u64) < end && index < upto.entries {
+                let at = base + off as u64;
                 let damaged = |why: String| StoreError::DataLoss {
-                    what: format!("{} at offset {off} (entry {index}): {why}", path.display()),
+                    what: format!("{} at offset {at} (entry {index}): {why}", path.display()),
                 };
-                let (leaf, hash) = check_frame(&data[..end], off, index, &prev)
-                    .map_err(|e| damaged(e.describe()))?;
-                if expect(index) != Some(hash) {
-                    return Err(damaged(
-                        "the leaf hash differs from the one the views' entry index holds".into(),
-                    ));
+                let read_to = base + buf.len() as u64;
+                match check_frame(&buf, off, index, &prev) {
+                    Ok((leaf, hash)) => {
+                        let location = Location {
+                            segment: first,
+                            offset: at,
+                            len: leaf.len() as u32,
+                        };
+                        check(index, &hash, location).map_err(damaged)?;
+                        off += leaf.len() + FRAME_OVERHEAD as usize;
+                        prev = hash;
+                        index += 1;
+                    }
+                    // The frame runs past what is read: read on (a frame is far smaller than
+                    // a chunk), keeping its start.
+                    Err(FrameError::Incomplete) if read_to < end => {
+                        buf.drain(..off);
+                        base += off as u64;
+                        off = 0;
+                        let more = (end - read_to).min(chunk as u64) as usize;
+                        let from = buf.len();
+                        buf.resize(from + more, 0);
+                        file.read_exact_at(&mut buf[from..], read_to)
+                            .map_err(|e| io("read", &path, e))?;
+                    }
+                    Err(e) => return Err(damaged(e.describe())),
                 }
-                off += leaf.len() + FRAME_OVERHEAD as usize;
-                prev = hash;
-                index += 1;
             }
         }
         if index != upto.entries || (upto.entries > 0 && prev != upto.last_hash) {
@@ -469,6 +501,9 @@ impl SegmentLog {
 
 /// Makes what was written to one segment file durable (`fdatasync`); cheap to clone, usable
 /// from another thread than the one writing.
+/// How much of a segment the scrub reads at a time.
+pub const SCRUB_CHUNK: usize = 4 << 20;
+
 #[derive(Clone)]
 pub struct SyncHandle {
     file: Arc<File>,
@@ -618,5 +653,96 @@ impl SegmentReader {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Leaf;
+
+    /// A log of `n` real leaves (bodies of varying length, chained) in segments of at most
+    /// `segment_bytes`; their hashes.
+    fn log(dir: &Path, n: u64, segment_bytes: u64) -> (Position, Vec<Hash>, Vec<Location>) {
+        let (mut log, _) =
+            SegmentLog::open(dir, segment_bytes, Position::START, |_| Ok(())).unwrap();
+        let (mut hashes, mut locations) = (Vec::new(), Vec::new());
+        let mut prev = [0u8; 32];
+        for i in 0..n {
+            let bytes = Leaf {
+                index: i,
+                integrated_time_ms: 1_000 + i,
+                prev_leaf_hash: prev,
+                body: vec![i as u8; 20 + (i % 11) as usize * 17],
+                signature: [7; 64],
+                cosignatures: vec![],
+            }
+            .encode();
+            prev = leaf_hash(&bytes);
+            locations.extend(log.append(&[(&bytes, prev)]).unwrap());
+            hashes.push(prev);
+        }
+        (log.end(), hashes, locations)
+    }
+
+    #[test]
+    fn the_scrub_reads_in_chunks_of_any_size_and_sees_every_frame_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (end, hashes, locations) = log(dir.path(), 300, 4_000);
+        assert!(list_segments(dir.path()).unwrap().len() > 3);
+        // Chunks smaller than a frame, the size of a few, and larger than a segment.
+        for chunk in [1, 37, 500, 4_096, SCRUB_CHUNK] {
+            let mut seen = Vec::new();
+            let mut at = Vec::new();
+            let n = SegmentLog::scrub_in_chunks(dir.path(), &end, chunk, |i, h, l| {
+                seen.push((i, *h));
+                at.push(l);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, 300, "chunk {chunk}");
+            let expected: Vec<(u64, Hash)> = (0..).zip(hashes.iter().copied()).collect();
+            assert_eq!(seen, expected, "chunk {chunk}");
+            assert_eq!(at, locations, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn the_scrub_names_the_entry_a_flipped_byte_or_a_refusal_is_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let (end, _, _) = log(dir.path(), 120, 1 << 20);
+        // Refused by the caller: its reason, with the entry.
+        let e = SegmentLog::scrub_in_chunks(dir.path(), &end, 64, |i, _, _| {
+            if i == 77 {
+                Err("not the views' hash".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("(entry 77): not the views' hash"),
+            "{e}"
+        );
+        // A flipped byte in the middle of the segment, found with every chunk size.
+        let seg = dir.path().join(seg_name(0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x20;
+        std::fs::write(&seg, &bytes).unwrap();
+        for chunk in [1, 64, 4_096, SCRUB_CHUNK] {
+            let e =
+                SegmentLog::scrub_in_chunks(dir.path(), &end, chunk, |_, _, _| Ok(())).unwrap_err();
+            assert!(
+                matches!(&e, StoreError::DataLoss { what } if what.contains("(entry ")),
+                "chunk {chunk}: {e}"
+            );
+        }
+        // A log cut short of the position the views recorded.
+        bytes[at] ^= 0x20;
+        bytes.truncate(bytes.len() - 10);
+        std::fs::write(&seg, &bytes).unwrap();
+        let e = SegmentLog::scrub_in_chunks(dir.path(), &end, 4_096, |_, _, _| Ok(())).unwrap_err();
+        assert!(matches!(e, StoreError::DataLoss { .. }), "{e}");
     }
 }
