@@ -390,6 +390,18 @@ pub fn remove_partial_snapshots(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// Helps sled free what a batch of `keys` writes left behind. sled 0.34 frees replaced pages
+/// through epoch-based reclamation (crossbeam-epoch), and the deferred frees run only when some
+/// thread pins: a few bags every 128 pins, more than one writer's own pins keep up with. Readers
+/// used to do most of it; a writer with no readers (a reindex, whose reads no longer reach sled)
+/// left it undone, and a 10 M-entry reindex grew to 24 GB and was killed. Each `flush` hands
+/// this thread's garbage over and frees up to 8 expired bags of 64.
+fn collect_garbage(keys: usize) {
+    for _ in 0..(keys / 16).max(4) {
+        sled::pin().flush();
+    }
+}
+
 impl ViewStore for SledViews {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
@@ -416,26 +428,33 @@ impl ViewStore for SledViews {
     }
     fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        let n = batch.len();
         for (k, v) in batch {
             match v {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
             }
         }
-        self.tree.apply_batch(b).map_err(sled_err)
+        self.tree.apply_batch(b).map_err(sled_err)?;
+        collect_garbage(n);
+        Ok(())
     }
     fn apply_pairs(
         &self,
         pairs: &mut dyn Iterator<Item = (&[u8], Option<&[u8]>)>,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        let mut n = 0;
         for (k, v) in pairs {
+            n += 1;
             match v {
                 Some(v) => b.insert(k, v),
                 None => b.remove(k),
             }
         }
-        self.tree.apply_batch(b).map_err(sled_err)
+        self.tree.apply_batch(b).map_err(sled_err)?;
+        collect_garbage(n);
+        Ok(())
     }
     fn clear(&self) -> Result<(), StoreError> {
         self.tree.clear().map_err(sled_err)
