@@ -225,82 +225,45 @@ async fn run(n: usize) {
         std::thread::sleep(Duration::from_millis(300));
     };
 
-    // The machine's unary gRPC limit: 64 in flight, GetSignerHead (no ledger work to speak of).
+    // A signed null call: 64 in flight, GetSignerHead (no ledger work to speak of).
     if run_phase("null") {
         let per = n / 64;
         let ids: Vec<Vec<u8>> = unary.iter().map(|s| s.key_id().0.to_vec()).collect();
-        quiet();
-        let before = raw_verify_rate(2, &msgs);
-        let start = Instant::now();
-        let cpu0 = cpu_seconds();
-        let tasks: Vec<_> = ids
-            .into_iter()
-            .map(|id| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let mut c = LedgerClient::new(
-                        taizhang::api::auth::connect(url, SigningKey::from_bytes(&[0x52; 32]))
-                            .await
-                            .unwrap(),
-                    );
-                    for _ in 0..per {
-                        c.get_signer_head(pb::GetSignerHeadRequest { key_id: id.clone() })
-                            .await
-                            .expect("head");
-                    }
-                })
+        let work = ids.into_iter().map(|id| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut c = LedgerClient::new(
+                    taizhang::api::auth::connect(url, SigningKey::from_bytes(&[0x52; 32]))
+                        .await
+                        .unwrap(),
+                );
+                for _ in 0..per {
+                    c.get_signer_head(pb::GetSignerHeadRequest { key_id: id.clone() })
+                        .await
+                        .expect("head");
+                }
             })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
-        let rate = (per * 64) as f64 / secs;
-        quiet();
-        let v = bracket(before, raw_verify_rate(2, &msgs));
-        report.push(format!(
-            "  unary gRPC alone (GetSignerHead), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per record",
-            100.0 * rate / v,
-            100.0 * cpu,
-            2e6 * cpu / rate
-        ));
+        });
+        let p = null_phase(work, per * 64, &quiet, &msgs).await;
+        report.push(p.line("unary gRPC alone (GetSignerHead, signed)", "record"));
     }
 
     // The floor of a unary call here: GetCheckpoint (public, unsigned; a ~300-byte answer).
     if run_phase("null0") {
         let per = n / 64;
-        quiet();
-        let before = raw_verify_rate(2, &msgs);
-        let start = Instant::now();
-        let cpu0 = cpu_seconds();
-        let tasks: Vec<_> = (0..64)
-            .map(|_| {
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let mut c = LedgerClient::connect(url).await.unwrap();
-                    for _ in 0..per {
-                        c.get_checkpoint(pb::GetCheckpointRequest { witnessed: false })
-                            .await
-                            .expect("checkpoint");
-                    }
-                })
+        let work = (0..64).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut c = LedgerClient::connect(url).await.unwrap();
+                for _ in 0..per {
+                    c.get_checkpoint(pb::GetCheckpointRequest { witnessed: false })
+                        .await
+                        .expect("checkpoint");
+                }
             })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let secs = start.elapsed().as_secs_f64();
-        let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
-        let rate = (per * 64) as f64 / secs;
-        quiet();
-        let v = bracket(before, raw_verify_rate(2, &msgs));
-        report.push(format!(
-            "  unary gRPC floor (GetCheckpoint, unsigned), 64 in flight: {rate:.0}/s = {:.0}% of 2-thread verify ({v:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per call",
-            100.0 * rate / v,
-            100.0 * cpu,
-            2e6 * cpu / rate
-        ));
+        });
+        let p = null_phase(work, per * 64, &quiet, &msgs).await;
+        report.push(p.line("unary gRPC floor (GetCheckpoint, unsigned)", "call"));
     }
 
     // The ledger alone: 64 tasks in this process submitting one record at a time, no gRPC.
@@ -592,6 +555,53 @@ fn sled_raw_rate(base: &std::path::Path) -> f64 {
     let start = Instant::now();
     fill(100_000, 150_000);
     50_000.0 / start.elapsed().as_secs_f64()
+}
+
+/// A phase's rate, the share of the 2 cores the process used during it, and the 2-thread
+/// verify rate around it.
+struct Phase {
+    rate: f64,
+    cpu: f64,
+    verify: f64,
+}
+
+impl Phase {
+    fn line(&self, what: &str, per: &str) -> String {
+        format!(
+            "  {what}, 64 in flight: {:.0}/s = {:.0}% of 2-thread verify ({:.0}/s); CPU {:.0}% of 2 cores, {:.0} µs per {per}",
+            self.rate,
+            100.0 * self.rate / self.verify,
+            self.verify,
+            100.0 * self.cpu,
+            2e6 * self.cpu / self.rate
+        )
+    }
+}
+
+/// With the ledger quiet, spawns `tasks` (lazily: nothing runs before the clock starts) and
+/// times the `calls` calls they make, bracketed by 2-thread verify measurements.
+async fn null_phase(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>,
+    calls: usize,
+    quiet: &dyn Fn(),
+    msgs: &[(VerifyingKey, Vec<u8>, Signature)],
+) -> Phase {
+    quiet();
+    let before = raw_verify_rate(2, msgs);
+    let start = Instant::now();
+    let cpu0 = cpu_seconds();
+    let tasks: Vec<_> = tasks.collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds() - cpu0) / secs / 2.0;
+    quiet();
+    Phase {
+        rate: calls as f64 / secs,
+        cpu,
+        verify: (before + raw_verify_rate(2, msgs)) / 2.0,
+    }
 }
 
 fn ms(d: Duration) -> f64 {
