@@ -134,10 +134,7 @@ impl EntryIndex {
     /// Complete run `run`'s root and where its first entry is in the segments, as the index
     /// holds them (in memory).
     pub fn run_root_and_start(&self, run: u64) -> Option<(Hash, Location)> {
-        Some((
-            self.upper.leaf(run)?,
-            *self.starts.get(usize::try_from(run).ok()?)?,
-        ))
+        self.want(run).map(|w| (w.root, w.start))
     }
 
     /// A complete run, if it is in memory.
