@@ -133,6 +133,17 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| io("fsync dir", dir, e))
 }
 
+/// The bytes of `path` from `base` to its end, and the file's length (a `base` at or past the
+/// end reads nothing).
+fn read_after(path: &Path, base: u64) -> Result<(Vec<u8>, u64), StoreError> {
+    let f = File::open(path).map_err(|e| io("open", path, e))?;
+    let len = f.metadata().map_err(|e| io("stat", path, e))?.len();
+    let mut data = vec![0u8; len.saturating_sub(base) as usize];
+    f.read_exact_at(&mut data, base)
+        .map_err(|e| io("read", path, e))?;
+    Ok((data, len))
+}
+
 impl SegmentLog {
     /// Opens (or creates) the log in `dir`, checks every frame after `from`, calls `visit` for
     /// each, cuts a torn tail, and refuses damage with `DataLoss`.
@@ -175,7 +186,6 @@ impl SegmentLog {
         for (i, &first) in segments.iter().enumerate().skip(start_seg) {
             let last = i + 1 == segments.len();
             let path = dir.join(seg_name(first));
-            let data = fs::read(&path).map_err(|e| io("read", &path, e))?;
             if i > start_seg && first != pos.entries {
                 return Err(StoreError::DataLoss {
                     what: format!(
@@ -185,21 +195,25 @@ impl SegmentLog {
                     ),
                 });
             }
-            let mut off = if first == from.segment {
+            // Only the part after `from` is read: the part before it is the scrub's.
+            let base = if first == from.segment {
                 from.offset
             } else {
                 0
-            } as usize;
-            if off > data.len() {
+            };
+            let (data, file_len) = read_after(&path, base)?;
+            if base > file_len {
                 return Err(StoreError::DataLoss {
                     what: format!(
-                        "{} is {} bytes, shorter than its durable length {off}",
+                        "{} is {file_len} bytes, shorter than its durable length {base}",
                         path.display(),
-                        data.len()
                     ),
                 });
             }
+            // `off` is relative to `base`.
+            let mut off = 0usize;
             while off < data.len() {
+                let at = base + off as u64;
                 match check_frame(&data, off, pos.entries, &pos.last_hash) {
                     Ok((leaf, hash)) => {
                         let len = leaf.len();
@@ -209,7 +223,7 @@ impl SegmentLog {
                             hash,
                             location: Location {
                                 segment: first,
-                                offset: off as u64,
+                                offset: at,
                                 len: len as u32,
                             },
                         })?;
@@ -221,7 +235,7 @@ impl SegmentLog {
                     Err(_) if last && (data.len() - off) as u64 > MAX_TORN_BYTES => {
                         return Err(StoreError::DataLoss {
                             what: format!(
-                                "{} at offset {off} (entry {}): {} damaged bytes to the end, more than any unacknowledged group",
+                                "{} at offset {at} (entry {}): {} damaged bytes to the end, more than any unacknowledged group",
                                 path.display(),
                                 pos.entries,
                                 data.len() - off
@@ -239,7 +253,7 @@ impl SegmentLog {
                     Err(e) => {
                         return Err(StoreError::DataLoss {
                             what: format!(
-                                "{} at offset {off} (entry {}): {}",
+                                "{} at offset {at} (entry {}): {}",
                                 path.display(),
                                 pos.entries,
                                 e.describe()
@@ -248,20 +262,20 @@ impl SegmentLog {
                     }
                 }
             }
+            let end = base + off as u64;
             pos.segment = first;
-            pos.offset = off as u64;
+            pos.offset = end;
             if last && torn_bytes_cut > 0 {
                 // Keep what is cut, for whoever investigates (it was never acknowledged).
-                let kept = dir.join(format!("torn-{first:020}-{off}.bin"));
+                let kept = dir.join(format!("torn-{first:020}-{end}.bin"));
                 fs::write(&kept, &data[off..]).map_err(|e| io("write", &kept, e))?;
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
                     .map_err(|e| io("open", &path, e))?;
-                f.set_len(off as u64)
-                    .map_err(|e| io("truncate", &path, e))?;
+                f.set_len(end).map_err(|e| io("truncate", &path, e))?;
                 f.sync_all().map_err(|e| io("fsync", &path, e))?;
-                tracing::warn!(segment = %path.display(), offset = off, bytes = torn_bytes_cut, "cut torn tail");
+                tracing::warn!(segment = %path.display(), offset = end, bytes = torn_bytes_cut, "cut torn tail");
             }
         }
         let active_first = *segments.last().unwrap_or(&0);
@@ -744,5 +758,100 @@ mod tests {
         std::fs::write(&seg, &bytes).unwrap();
         let e = SegmentLog::scrub_in_chunks(dir.path(), &end, 4_096, |_, _, _| Ok(())).unwrap_err();
         assert!(matches!(e, StoreError::DataLoss { .. }), "{e}");
+    }
+
+    /// The position just before entry `i`, as the views would record it.
+    fn before(i: u64, hashes: &[Hash], locations: &[Location]) -> Position {
+        Position {
+            entries: i,
+            last_hash: if i == 0 {
+                [0; 32]
+            } else {
+                hashes[i as usize - 1]
+            },
+            segment: locations[i as usize].segment,
+            offset: locations[i as usize].offset,
+        }
+    }
+
+    #[test]
+    fn open_from_a_position_scans_only_what_follows_it_and_cuts_a_torn_tail_where_it_is() {
+        // 11 entries per segment: the last one holds 6.
+        const N: u64 = 193;
+        let dir = tempfile::tempdir().unwrap();
+        let (end, hashes, locations) = log(dir.path(), N, 3_000);
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() > 3);
+        // From the middle of a segment before the last, and from the middle of the last one.
+        let in_last = (*segments.last().unwrap() + N) / 2;
+        assert!(
+            in_last > *segments.last().unwrap() && in_last + 1 < N,
+            "{segments:?}"
+        );
+        for from in [37, in_last] {
+            let mut seen = Vec::new();
+            let (log, rec) =
+                SegmentLog::open(dir.path(), 3_000, before(from, &hashes, &locations), |s| {
+                    seen.push((s.index, s.hash, s.location));
+                    Ok(())
+                })
+                .unwrap();
+            let expected: Vec<(u64, Hash, Location)> = (from..N)
+                .map(|i| (i, hashes[i as usize], locations[i as usize]))
+                .collect();
+            assert_eq!(seen, expected, "from {from}");
+            assert_eq!(rec.scanned, N - from);
+            assert_eq!(log.end(), end, "from {from}");
+        }
+        // A torn group after the end, opened from inside the last segment: cut at its offset,
+        // and the same entries follow.
+        let last = dir.path().join(seg_name(*segments.last().unwrap()));
+        let len = std::fs::metadata(&last).unwrap().len();
+        let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+        f.write_all(&[0, 0, 1, 0, 9, 9, 9]).unwrap();
+        drop(f);
+        let (log, rec) = SegmentLog::open(
+            dir.path(),
+            3_000,
+            before(in_last, &hashes, &locations),
+            |_| Ok(()),
+        )
+        .unwrap();
+        assert_eq!((rec.torn_bytes_cut, log.end()), (7, end));
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), len);
+        assert!(dir
+            .path()
+            .join(format!("torn-{:020}-{len}.bin", segments.last().unwrap()))
+            .exists());
+        // Damage after the position names the absolute offset; damage before it is the scrub's.
+        let mut bytes = std::fs::read(&last).unwrap();
+        let at = locations[in_last as usize + 1].offset;
+        bytes[at as usize + 8] ^= 1;
+        std::fs::write(&last, &bytes).unwrap();
+        let e = SegmentLog::open(
+            dir.path(),
+            3_000,
+            before(in_last, &hashes, &locations),
+            |_| Ok(()),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains(&format!("at offset {at} (entry {})", in_last + 1)),
+            "{e}"
+        );
+        bytes[at as usize + 8] ^= 1;
+        std::fs::write(&last, &bytes).unwrap();
+        // A last segment shorter than the position the views recorded.
+        let mut past = before(in_last, &hashes, &locations);
+        past.offset = len + 1;
+        let e = SegmentLog::open(dir.path(), 3_000, past, |_| Ok(()))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("shorter than its durable length"),
+            "{e}"
+        );
     }
 }
