@@ -323,13 +323,14 @@ async fn run(tmp: &tempfile::TempDir, entries: usize, calls: usize) -> Config {
     let url = format!("http://{addr}");
     // A client that expects large answers opens its HTTP/2 windows (the 64 KiB default
     // costs a round trip per 64 KiB of a ~250 KB reconciliation).
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .unwrap()
-        .initial_stream_window_size(4 << 20)
-        .initial_connection_window_size(8 << 20)
-        .connect()
-        .await
-        .unwrap();
+    let channel = taizhang::api::coalesce::connect_endpoint(
+        &tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(8 << 20),
+    )
+    .await
+    .unwrap();
     let inspector = SigningKey::from_bytes(&[0x52; 32]);
     let mut audit = pb::audit_client::AuditClient::new(taizhang::api::auth::Signed::new(
         channel,

@@ -99,6 +99,11 @@ fn main() {
     rt.block_on(run(n));
 }
 
+/// A client of the service at `url`, on the coalescing channel the crate's own clients use.
+async fn client(url: String) -> LedgerClient<tonic::transport::Channel> {
+    LedgerClient::new(taizhang::api::coalesce::channel(url, None).await.unwrap())
+}
+
 async fn run(n: usize) {
     // Raw verification baseline on records like the ones submitted.
     let key = SigningKey::from_bytes(&[3; 32]);
@@ -152,9 +157,8 @@ async fn run(n: usize) {
         std::future::pending(),
     ));
     let url = format!("http://{addr}");
-    let mut c = LedgerClient::connect(url.clone())
+    let mut c = client(url.clone())
         .await
-        .unwrap()
         .max_decoding_message_size(256 << 20);
 
     // One producer, 64 + 4 + 1 keys.
@@ -254,7 +258,7 @@ async fn run(n: usize) {
         let work = (0..64).map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
-                let mut c = LedgerClient::connect(url).await.unwrap();
+                let mut c = client(url).await;
                 for _ in 0..per {
                     c.get_checkpoint(pb::GetCheckpointRequest { witnessed: false })
                         .await
@@ -330,7 +334,7 @@ async fn run(n: usize) {
             .collect();
         let mut clients = Vec::new();
         for _ in 0..pre.len() {
-            clients.push(LedgerClient::connect(url.clone()).await.unwrap());
+            clients.push(client(url.clone()).await);
         }
         quiet();
         let before = raw_verify_rate(2, &msgs);
@@ -396,10 +400,7 @@ async fn run(n: usize) {
             .map(|recs| {
                 let url = url.clone();
                 tokio::spawn(async move {
-                    let mut c = LedgerClient::connect(url)
-                        .await
-                        .unwrap()
-                        .max_decoding_message_size(256 << 20);
+                    let mut c = client(url).await.max_decoding_message_size(256 << 20);
                     let input = tokio_stream::iter(
                         recs.into_iter()
                             .map(|r| pb::SubmitRequest { record: Some(r) }),

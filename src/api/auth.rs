@@ -287,14 +287,10 @@ pub async fn connect_tls(
     key: SigningKey,
     ca_pem: Option<&[u8]>,
 ) -> Result<SignedChannel, tonic::transport::Error> {
-    let mut ep = tonic::transport::Endpoint::from_shared(url.into())?;
-    if let Some(ca) = ca_pem {
-        ep = ep.tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-        )?;
-    }
-    Ok(Signed::new(ep.connect().await?, key))
+    Ok(Signed::new(
+        super::coalesce::channel(url, ca_pem).await?,
+        key,
+    ))
 }
 
 /// The metadata for a query to `method` with serialized request `request`, signed now.

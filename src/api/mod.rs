@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod coalesce;
 pub mod metrics;
 pub mod witness;
 pub mod witnessing;
@@ -585,7 +586,7 @@ const PREFACE_LEN: usize = 24;
 /// A TCP connection that holds one of the server's connection slots while it is open, and is
 /// closed if its first [`PREFACE_LEN`] bytes do not arrive before a deadline (slow-loris).
 struct Slot {
-    stream: tokio::net::TcpStream,
+    stream: coalesce::Coalesce<tokio::net::TcpStream>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// Until the preface has arrived.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -595,7 +596,7 @@ struct Slot {
 impl tonic::transport::server::Connected for Slot {
     type ConnectInfo = <tokio::net::TcpStream as tonic::transport::server::Connected>::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
@@ -740,7 +741,7 @@ pub async fn serve_opts(
                 return Some(Err(e));
             }
             Some(Ok(Slot {
-                stream,
+                stream: coalesce::Coalesce::new(stream),
                 _permit: permit,
                 deadline: Some(Box::pin(tokio::time::sleep(idle))),
                 seen: 0,

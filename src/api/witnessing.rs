@@ -108,11 +108,11 @@ async fn offer(ledger: &Ledger, p: &mut Peer, note: &str, size: u64) -> Result<S
         None => return Err(format!("key {id} is not registered on this ledger")),
     }
     if p.client.is_none() {
-        let ch = tonic::transport::Endpoint::from_shared(p.target.url.clone())
+        let ep = tonic::transport::Endpoint::from_shared(p.target.url.clone())
             .map_err(|e| e.to_string())?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect()
+            .timeout(Duration::from_secs(10));
+        let ch = super::coalesce::connect_endpoint(&ep)
             .await
             .map_err(|e| format!("connecting: {e}"))?;
         p.client = Some(WitnessClient::new(ch));
