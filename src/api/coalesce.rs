@@ -69,6 +69,12 @@ impl<T: AsyncWrite + Unpin> Coalesce<T> {
             std::task::ready!(self.drain(cx))?;
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
+        if self.at > 0 {
+            // Part of what is held went out before the socket filled up: drop that part, so
+            // the buffer stays as small as what is left to write.
+            self.out.drain(..self.at);
+            self.at = 0;
+        }
         for b in bufs {
             self.out.extend_from_slice(b);
         }
@@ -182,6 +188,8 @@ mod tests {
         writes: Vec<Vec<u8>>,
         flushes: usize,
         limit: Option<usize>,
+        /// Bytes it takes before it is full (`Pending`); unlimited when `None`.
+        room: Option<usize>,
     }
 
     impl AsyncWrite for Sink {
@@ -190,7 +198,14 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = self.limit.map_or(buf.len(), |l| l.min(buf.len()));
+            let mut n = self.limit.map_or(buf.len(), |l| l.min(buf.len()));
+            if let Some(room) = self.room {
+                if room == 0 {
+                    return Poll::Pending;
+                }
+                n = n.min(room);
+                self.room = Some(room - n);
+            }
             self.writes.push(buf[..n].to_vec());
             Poll::Ready(Ok(n))
         }
@@ -286,5 +301,36 @@ mod tests {
         let after: Vec<u8> = c.get_ref().writes[2..].concat();
         assert_eq!(after, msg);
         assert_eq!(c.get_ref().writes.len(), 2 + 5);
+    }
+
+    #[test]
+    fn a_full_socket_keeps_only_what_is_left_to_write_and_loses_nothing() {
+        let waker = Waker::from(Arc::new(Wakes(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let mut c = Coalesce::new(Sink {
+            room: Some(1000),
+            ..Sink::default()
+        });
+        let first: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        write(&mut c, &mut cx, &first);
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending()); // the yield
+        assert!(Pin::new(&mut c).poll_flush(&mut cx).is_pending()); // the socket is full
+                                                                    // More frames while the socket is full: held after what is left, the sent part dropped.
+        for round in 0..50u8 {
+            write(&mut c, &mut cx, &[round; 100]);
+            assert!(c.out.len() - c.at <= 4000 + 100 * (round as usize + 1));
+            assert!(c.out.len() <= 4000 + 100 * (round as usize + 1));
+        }
+        c.io.room = None;
+        assert!(matches!(
+            Pin::new(&mut c).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        let mut expected = first.clone();
+        for round in 0..50u8 {
+            expected.extend_from_slice(&[round; 100]);
+        }
+        assert_eq!(c.get_ref().writes.concat(), expected);
+        assert!(c.out.is_empty());
     }
 }
