@@ -758,9 +758,6 @@ impl Ledger {
             .name("taizhang-writer".into())
             .spawn(move || run_writer(s2, writer, rx))
             .map_err(|e| Refusal::internal(format!("writer thread: {e}")))?;
-        // Reads of view keys that do not exist stop reaching sled once it has learned which do
-        // (~1 key per 128 bytes of log is about twice what a 10 M-entry ledger holds: 10.2 M).
-        shared.views.learn_keys(expected_view_keys(&log_dir));
         if scrub_upto.entries > 0 {
             // Weak: the scrub must not keep a closed ledger (and its lock) alive.
             let s3 = Arc::downgrade(&shared);
@@ -1768,12 +1765,22 @@ pub fn verify_pool() -> Option<&'static rayon::ThreadPool> {
                     .unwrap_or(1),
             )
             .thread_name(|i| format!("taizhang-verify-{i}"))
-            .start_handler(|_| crate::store::lowest_priority("verify"))
+            .start_handler(|_| lowest_priority("verify"))
             .build()
             .map_err(|e| tracing::warn!(error = %e, "no verify pool"))
             .ok()
     })
     .as_ref()
+}
+
+/// Puts the calling thread at the lowest scheduling priority (nice 19), for background work
+/// (`what`) that must not take the cores from the writer, the sync thread or queries.
+fn lowest_priority(what: &str) {
+    if let Err(e) =
+        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
+    {
+        tracing::warn!(error = ?e, "the {what} thread keeps its priority");
+    }
 }
 
 /// Holds the view store's read gate; on drop, hands it to whoever waits for it (the flusher)
@@ -1801,7 +1808,7 @@ pub enum Scrub {
 fn run_scrub(shared: std::sync::Weak<Shared>, dir: PathBuf, upto: Position) {
     // A re-read of the whole log: it may take a core for seconds after a start, and queries
     // and ingest come first (proofs' 99th percentile went from ~22 µs to ~260 µs beside it).
-    crate::store::lowest_priority("scrub");
+    lowest_priority("scrub");
     let started = std::time::Instant::now();
     // Each complete run is checked against what the entry index holds for it in memory: its
     // leaf hashes make its root, and it starts where the index says. No run is read from the
@@ -2446,7 +2453,7 @@ mod tests {
             let mine = nice();
             let theirs = s
                 .spawn(|| {
-                    crate::store::lowest_priority("test");
+                    super::lowest_priority("test");
                     nice()
                 })
                 .join()

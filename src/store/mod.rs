@@ -70,22 +70,6 @@ pub trait ViewStore: Send {
     fn read_gate(&self) -> Option<Arc<ReadGate>> {
         None
     }
-    /// Every key the store holds, in no particular order, until `each` returns `false`. The
-    /// default scans the whole store into memory; engines override it.
-    fn for_each_key(&self, each: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
-        for (k, _) in self.scan_prefix(b"")? {
-            if !each(&k) {
-                break;
-            }
-        }
-        Ok(())
-    }
-    /// Learns, in the background, which keys the store holds (about `expected` of them), so
-    /// that reads of keys it does not hold stop reaching it. A no-op unless the store keeps
-    /// such a filter (the write-back layer).
-    fn learn_keys(&self, expected: usize) {
-        let _ = expected;
-    }
     /// A consistent view for a sequence of reads (an audit query reading a permit and then its
     /// draw-downs must not see a group land in between). The default reads the store directly,
     /// which is consistent for stores nothing writes to concurrently.
@@ -380,16 +364,6 @@ impl SledViews {
     }
 }
 
-/// Puts the calling thread at the lowest scheduling priority (nice 19), for background work
-/// (`what`) that must not take the cores from the writer, the sync thread or queries.
-pub(crate) fn lowest_priority(what: &str) {
-    if let Err(e) =
-        thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min)
-    {
-        tracing::warn!(error = ?e, "the {what} thread keeps its priority");
-    }
-}
-
 /// sled 0.34's log is cut into segments of this size (its default, which the ledger keeps),
 /// each beginning with a header.
 const SLED_SEGMENT_BYTES: u64 = 512 << 10;
@@ -456,14 +430,6 @@ fn collect_garbage(keys: usize) {
 impl ViewStore for SledViews {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(key).map_err(sled_err)?.map(|v| v.to_vec()))
-    }
-    fn for_each_key(&self, each: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
-        for k in self.tree.iter().keys() {
-            if !each(&k.map_err(sled_err)?) {
-                break;
-            }
-        }
-        Ok(())
     }
     fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
         self.tree

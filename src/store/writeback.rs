@@ -41,8 +41,6 @@ pub struct WriteBack {
     gate: Arc<ReadGate>,
     cache: Arc<parking_lot::Mutex<ReadCache>>,
     policy: FlushPolicy,
-    /// Set when the layer is dropped: a scan learning the keys stops.
-    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The values recently read from the store underneath (`None`: the store had no such key),
@@ -108,28 +106,6 @@ struct Layers {
     failed: Option<String>,
     /// When the open chunk received its first change since the last seal.
     opened: Option<Instant>,
-    /// The keys the store underneath may hold, once learned (see [`Known`]).
-    known: Option<Arc<Known>>,
-}
-
-/// A Bloom filter of the keys the store underneath may hold: every key it held when the filter
-/// was made (`learn_keys` scans them, in the background) and every key written through the
-/// layer since (inserted under the layers' lock, so none reaches the store unseen). Once the
-/// scan is done, a key the filter does not contain is absent without asking the store.
-///
-/// Why: the writer's reads that reach sled are almost all of keys that do not exist yet — a
-/// new lot's name, checked for a namesake on every `Produce` (instrumented: 99.96 % of 200,000
-/// such reads) — and each is a walk down sled's tree.
-struct Known {
-    filter: fastbloom::AtomicBloomFilter,
-    ready: std::sync::atomic::AtomicBool,
-}
-
-impl Known {
-    /// Whether `key` is surely absent from the store underneath.
-    fn surely_absent(&self, key: &[u8]) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire) && !self.filter.contains(key)
-    }
 }
 
 /// When the write-back layer seals its open chunk and hands it to the flusher.
@@ -300,7 +276,6 @@ impl WriteBack {
             gate,
             cache,
             policy,
-            closing: Arc::default(),
         }
     }
 
@@ -368,8 +343,6 @@ impl WriteBack {
 
 impl Drop for WriteBack {
     fn drop(&mut self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.flush();
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
@@ -395,9 +368,6 @@ impl ViewStore for WriteBack {
                     return Ok(v.clone());
                 }
             }
-            if l.known.as_ref().is_some_and(|k| k.surely_absent(key)) {
-                return Ok(None);
-            }
         }
         // A chunk leaves `sealed` only after the store holds it (and the cache agrees with
         // it), so a key missing above is either in the store or nowhere.
@@ -420,25 +390,13 @@ impl ViewStore for WriteBack {
             if l.opened.is_none() {
                 l.opened = Some(Instant::now());
             }
-            if let Some(k) = &l.known {
-                for (key, v) in &batch {
-                    if v.is_some() {
-                        k.filter.insert(key.as_slice());
-                    }
-                }
-            }
             Arc::make_mut(&mut l.dirty).extend(batch);
         }
         self.maybe_seal(false)
     }
     fn clear(&self) -> Result<(), StoreError> {
         self.wait_queued_at_most(0)?;
-        {
-            let mut l = self.layers.write().map_err(poisoned)?;
-            l.dirty = Arc::default();
-            // What it learned described the store before; a later `learn_keys` starts over.
-            l.known = None;
-        }
+        self.layers.write().map_err(poisoned)?.dirty = Arc::default();
         let res = self.inner.clear();
         let mut c = self.cache.lock();
         c.map.clear();
@@ -452,53 +410,6 @@ impl ViewStore for WriteBack {
     }
     fn read_gate(&self) -> Option<Arc<ReadGate>> {
         Some(self.gate.clone())
-    }
-    fn learn_keys(&self, expected: usize) {
-        let known = Arc::new(Known {
-            filter: fastbloom::AtomicBloomFilter::with_false_pos(0.01)
-                .expected_items(expected.max(1 << 16)),
-            ready: std::sync::atomic::AtomicBool::new(false),
-        });
-        {
-            let Ok(mut l) = self.layers.write() else {
-                return;
-            };
-            // From here on every write inserts its keys; the ones written before and not yet
-            // in the store are in the layers now.
-            for chunk in l.sealed.iter().chain(std::iter::once(&l.dirty)) {
-                for (key, v) in chunk.iter() {
-                    if v.is_some() {
-                        known.filter.insert(key.as_slice());
-                    }
-                }
-            }
-            l.known = Some(known.clone());
-        }
-        let (inner, closing) = (self.inner.clone(), self.closing.clone());
-        let spawned = std::thread::Builder::new()
-            .name("taizhang-keys".into())
-            .spawn(move || {
-                crate::store::lowest_priority("key scan");
-                let started = Instant::now();
-                let mut n = 0u64;
-                let res = inner.for_each_key(&mut |key| {
-                    known.filter.insert(key);
-                    n += 1;
-                    // Checked now and then: a closing ledger waits for sled to be released.
-                    !n.is_multiple_of(4096) || !closing.load(std::sync::atomic::Ordering::Acquire)
-                });
-                match res {
-                    Ok(()) if !closing.load(std::sync::atomic::Ordering::Acquire) => {
-                        known.ready.store(true, std::sync::atomic::Ordering::Release);
-                        tracing::info!(keys = n, secs = started.elapsed().as_secs_f64(), "view keys learned");
-                    }
-                    Ok(()) => {}
-                    Err(e) => tracing::warn!(error = %e, "learning the view keys; reads keep asking the store"),
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "no thread to learn the view keys; reads keep asking the store");
-        }
     }
     fn snapshot(&self) -> Box<dyn ViewRead + '_> {
         // The gate keeps the flusher from changing the store underneath; the layers are
@@ -914,15 +825,6 @@ mod tests {
         fn scan_prefix(&self, prefix: &[u8]) -> Result<ViewPairs, StoreError> {
             self.0.scan_prefix(prefix)
         }
-        fn for_each_key(&self, each: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), StoreError> {
-            for (k, _) in self.0.scan_prefix(b"")? {
-                std::thread::sleep(Duration::from_micros(50));
-                if !each(&k) {
-                    break;
-                }
-            }
-            Ok(())
-        }
         fn apply(&self, batch: ViewBatch) -> Result<(), StoreError> {
             self.0.apply(batch)
         }
@@ -1065,112 +967,5 @@ mod tests {
         assert!(wb.apply(batch(1)).is_err());
         // What was accepted before the failure is still readable.
         assert_eq!(wb.get(b"own/0000").unwrap(), Some(vec![1]));
-    }
-
-    /// Waits until the layer has learned the keys of the store underneath.
-    fn learned(wb: &WriteBack) {
-        for _ in 0..2000 {
-            let ready = wb
-                .layers
-                .read()
-                .unwrap()
-                .known
-                .as_ref()
-                .is_some_and(|k| k.ready.load(std::sync::atomic::Ordering::Acquire));
-            if ready {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("the keys were never learned");
-    }
-
-    #[test]
-    fn a_layer_that_learned_its_keys_conforms() {
-        let inner = Arc::new(MemoryViews::default());
-        inner
-            .apply(vec![(b"z/old".to_vec(), Some(b"kept".to_vec()))])
-            .unwrap();
-        let wb = WriteBack::new(inner, FlushPolicy::default());
-        // Sized for 8 keys: false positives happen, and only cost a read.
-        wb.learn_keys(8);
-        learned(&wb);
-        assert_eq!(wb.get(b"z/old").unwrap(), Some(b"kept".to_vec()));
-        crate::store::tests::conformance(&wb);
-    }
-
-    #[test]
-    fn once_learned_a_key_written_behind_the_layers_back_reads_absent() {
-        let inner = Arc::new(MemoryViews::default());
-        let wb = WriteBack::new(inner.clone(), FlushPolicy::default());
-        wb.apply(vec![(b"k/seen".to_vec(), Some(b"1".to_vec()))])
-            .unwrap();
-        wb.flush().unwrap();
-        // Before learning, the layer asks the store for what it does not hold itself.
-        inner
-            .apply(vec![(b"k/planted-early".to_vec(), Some(b"2".to_vec()))])
-            .unwrap();
-        assert_eq!(wb.get(b"k/planted-early").unwrap(), Some(b"2".to_vec()));
-        wb.learn_keys(1 << 20);
-        learned(&wb);
-        // What the store held when the layer learned it stays readable; a key planted after
-        // it, which no write through the layer made, is answered by the filter alone.
-        assert_eq!(wb.get(b"k/seen").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(wb.get(b"k/planted-early").unwrap(), Some(b"2".to_vec()));
-        inner
-            .apply(vec![(b"k/planted-late".to_vec(), Some(b"3".to_vec()))])
-            .unwrap();
-        assert_eq!(wb.get(b"k/planted-late").unwrap(), None);
-        // A clear forgets what was learned: reads ask the store again.
-        wb.clear().unwrap();
-        inner
-            .apply(vec![(b"k/after-clear".to_vec(), Some(b"4".to_vec()))])
-            .unwrap();
-        assert_eq!(wb.get(b"k/after-clear").unwrap(), Some(b"4".to_vec()));
-    }
-
-    /// Keys still in the layers when learning starts, and keys written while the store is
-    /// scanned, all read back as written once the layer has learned and flushed them.
-    #[test]
-    fn keys_in_flight_while_learning_are_never_lost() {
-        let policy = FlushPolicy {
-            max_chunk_keys: 3,
-            max_age: Duration::from_secs(3600),
-            max_queued_keys: 1_000_000,
-            max_merged_keys: 5,
-            read_cache_keys: 4,
-        };
-        let inner = Arc::new(Slow::default());
-        let wb = Arc::new(WriteBack::new(inner, policy));
-        let mut model = std::collections::BTreeMap::new();
-        let mut put = |wb: &WriteBack, space: &str, i: u32| {
-            let k = format!("{space}/{}", (i * 7919) % 600).into_bytes();
-            let v = (!i.is_multiple_of(5)).then(|| i.to_be_bytes().to_vec());
-            wb.apply(vec![(k.clone(), v.clone())]).unwrap();
-            model.insert(k, v);
-        };
-        for i in 0..300 {
-            put(&wb, "q", i);
-        }
-        // Chunks queued behind a held gate: in the layers, not yet in the store.
-        let held = wb.read_gate().unwrap();
-        let guard = held.read();
-        // Keys of their own: no later write inserts them again.
-        for i in 300..400 {
-            put(&wb, "h", i);
-        }
-        wb.learn_keys(16);
-        drop(guard);
-        for i in 400..1500 {
-            put(&wb, "q", i);
-        }
-        learned(&wb);
-        for i in 1500..1600 {
-            put(&wb, "q", i);
-        }
-        wb.flush().unwrap();
-        for (k, v) in &model {
-            assert_eq!(&wb.get(k).unwrap(), v, "{}", String::from_utf8_lossy(k));
-        }
     }
 }
