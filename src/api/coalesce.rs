@@ -9,7 +9,7 @@
 //!
 //! [`Coalesce`] keeps what is written until the connection flushes, and the first time it
 //! flushes a fresh batch it yields once (wakes itself and returns `Pending`), so frames queued
-//! meanwhile go out in the same `writev`. A connection with nothing else to send loses one
+//! meanwhile go out in the same write. A connection with nothing else to send loses one
 //! turn of the scheduler — microseconds — not a timer's worth of latency.
 
 use std::io::{self, IoSlice};
@@ -130,7 +130,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
 }
 
 /// A channel to the gRPC service at `url` whose connection coalesces its writes (a request's
-/// headers and message go out in one `writev`). An `https://` URL is reached over TLS, trusting
+/// headers and message go out in one write). An `https://` URL is reached over TLS, trusting
 /// the PEM certificate `ca_pem` (a CA or the server's own self-signed certificate).
 pub async fn channel(
     url: impl Into<String>,
